@@ -1,0 +1,88 @@
+"""One typed settings model for every part of tierflow.
+
+Values come from environment variables prefixed ``TIERFLOW_`` (nested with ``__``, e.g.
+``TIERFLOW_KAFKA__BOOTSTRAP=broker:9092``), then from ``$TIERFLOW_HOME/stack.env`` (written by
+``tierflow stack up`` with generated credentials), then the defaults below, which fit the embedded
+single-machine stack. Secrets are ``SecretStr`` and have no defaults in code.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TIERFLOW_"
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.cwd() / ".tierflow")).resolve()
+
+
+class KafkaSettings(BaseModel):
+    """Broker addresses and client tuning; every link may have its own cluster (edge/fog/cloud sites)."""
+
+    bootstrap: str = "127.0.0.1:19092"
+    # Per-tier override of the bootstrap servers a tier *consumes* from, e.g. {"fog": "fog-site:9092"}.
+    tier_bootstrap: dict[str, str] = Field(default_factory=dict)
+    # Latency-relevant client settings. Apache Kafka defaults are fine in production; the embedded
+    # broker answers a waiting fetch only at fetch.wait.max.ms, so keep it small here.
+    fetch_wait_max_ms: int = 10
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    compression: str = "lz4"
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def for_tier(self, tier: str) -> str:
+        return self.tier_bootstrap.get(tier, self.bootstrap)
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str | None = "http://127.0.0.1:8333"
+    bucket: str = "tierflow"
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str = "http://127.0.0.1:5000"
+
+
+class AirflowSettings(BaseModel):
+    api_url: str = "http://127.0.0.1:8080"
+    username: str = "admin"
+    password: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=str(_default_home() / "stack.env"),
+        extra="ignore",
+    )
+
+    app: str = "fmnist"
+    home: Path = Field(default_factory=_default_home)
+    # Python interpreter of the ML environment, used by Airflow's external-python tasks.
+    ml_python: str | None = None
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+
+    def topic(self, kind: str) -> str:
+        """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
+        return f"{self.app}.{kind}"
+
+    def link_topic(self, version: str | int, src: str, dst: str) -> str:
+        return f"{self.app}.v{version}.{src}-{dst}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
