@@ -11,5 +11,35 @@ app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_show_loc
 app.add_typer(ml_app, name="ml", help="Train, calibrate, partition and evaluate multi-exit models.")
 app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack.")
 
+
+@app.command()
+def broker(
+    port: int = typer.Option(None, help="Port to listen on (default: the port of TIERFLOW_KAFKA__BOOTSTRAP)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+) -> None:
+    """Run the embedded Kafka-protocol broker (tansu, memory storage) in the foreground until Ctrl-C."""
+    import signal
+    import threading
+
+    from runtime.broker import BrokerError, EmbeddedBroker
+    from runtime.settings import get_settings
+
+    if port is None:
+        port = int(get_settings().kafka.bootstrap.rsplit(":", 1)[1])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with EmbeddedBroker(host=host, port=port) as b:
+            typer.echo(f"broker listening on {b.bootstrap} (memory storage; Ctrl-C stops it)")
+            while not stop.wait(0.5):
+                if not b.running():
+                    typer.echo("error: broker exited unexpectedly", err=True)
+                    raise typer.Exit(1)
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 if __name__ == "__main__":
     app()

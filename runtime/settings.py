@@ -34,10 +34,39 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     compression: str = "lz4"
+    linger_ms: int = 2
+    # Partitions of topics the runtime creates; a tier scales out to at most this many workers.
+    partitions: int = 3
+    replication_factor: int = 1
+    # Raw librdkafka properties for every client, then per client kind (override the above).
     extra: dict[str, str] = Field(default_factory=dict)
+    producer_extra: dict[str, str] = Field(default_factory=dict)
+    consumer_extra: dict[str, str] = Field(default_factory=dict)
 
     def for_tier(self, tier: str) -> str:
         return self.tier_bootstrap.get(tier, self.bootstrap)
+
+
+class WorkerSettings(BaseModel):
+    """Tier worker tuning (micro-batching, deadlines, limits, HTTP port)."""
+
+    max_batch: int = 64
+    max_wait_ms: int = 5
+    # Deadline given to a request by the client when it sets none; a tier that forwarded a request and
+    # sees no answer by then publishes its own prediction with degraded=true.
+    default_deadline_ms: int = 2000
+    # How long after the deadline a tier waits before answering degraded; lower tiers wait longer so
+    # that the highest live tier answers first and the others see its answer and stay quiet.
+    degrade_grace_ms: int = 150
+    max_record_bytes: int = 4 * 1024 * 1024
+    # Activations between tiers: "float32" keeps decisions identical to the offline evaluation,
+    # "float16" halves the bytes on each link (decisions near a threshold may then differ).
+    activation_dtype: str = "float32"
+    http_port: int = 9100
+    # Serve this model version (default: the bundle manifest's version).
+    version: str | None = None
+    json_logs: bool = True
+    log_level: str = "INFO"
 
 
 class S3Settings(BaseModel):
@@ -71,6 +100,7 @@ class Settings(BaseSettings):
     # Python interpreter of the ML environment, used by Airflow's external-python tasks.
     ml_python: str | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
