@@ -62,6 +62,8 @@ class WorkerSettings(BaseModel):
     # Activations between tiers: "float32" keeps decisions identical to the offline evaluation,
     # "float16" halves the bytes on each link (decisions near a threshold may then differ).
     activation_dtype: str = "float32"
+    # Address the HTTP server (/healthz, /readyz, /metrics) binds; Kubernetes pods set $(POD_IP).
+    http_host: str = "0.0.0.0"
     http_port: int = 9100
     # Serve this model version (default: the bundle manifest's version).
     version: str | None = None
@@ -87,6 +89,42 @@ class AirflowSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class KubernetesSettings(BaseModel):
+    """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
+
+    namespace: str = "tierflow"
+    # Airflow connection (cncf-kubernetes); kube_config_path, when set, is used instead of it.
+    conn_id: str | None = "kubernetes_default"
+    kube_config_path: str | None = None
+    image: str = "ghcr.io/tierflow/tierflow-tier:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # Replaces argv[0] ("tierflow") of the worker command, e.g. an absolute path where no image runs.
+    command: list[str] = Field(default_factory=lambda: ["tierflow"])
+    service_account: str = "tierflow-tier"
+    # Nodes of each pool carry the label <node_label>=<tier>; tier pools may be tainted the same way.
+    node_label: str = "tier"
+    tolerate_tier_taint: bool = True
+    # Container env var -> key in the Kubernetes Secret `secret_name` (never literal values).
+    secret_name: str = "tierflow-secrets"
+    secret_env: dict[str, str] = Field(default_factory=lambda: {
+        "TIERFLOW_S3__ACCESS_KEY_ID": "s3-access-key-id",
+        "TIERFLOW_S3__SECRET_ACCESS_KEY": "s3-secret-access-key",
+        "AWS_ACCESS_KEY_ID": "s3-access-key-id",
+        "AWS_SECRET_ACCESS_KEY": "s3-secret-access-key",
+    })
+    cpu_request: str = "250m"
+    memory_request: str = "512Mi"
+    cpu_limit: str = "2"
+    memory_limit: str = "2Gi"
+    run_as_user: int = 10001
+    readiness_period_s: int = 2
+    termination_grace_s: int = 30
+    # A pod restarted this often while rolling out fails the rollout at once (no need to wait).
+    max_restarts: int = 2
+    # Optional KubernetesPodOperator pod template file merged under the generated pod.
+    pod_template_file: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -104,6 +142,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
