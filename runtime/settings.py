@@ -125,6 +125,35 @@ class KubernetesSettings(BaseModel):
     pod_template_file: str | None = None
 
 
+class StackSettings(BaseModel):
+    """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
+
+    The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
+    mlflow.tracking_uri, airflow.api_url). SeaweedFS and Airflow open more listeners; each is a port
+    here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
+    """
+
+    services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow"])
+    # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
+    weed_ports: dict[str, int] = Field(default_factory=dict)
+    airflow_worker_log_port: int = 0
+    airflow_trigger_log_port: int = 0
+    airflow_parallelism: int = 4
+    # Artifacts of the MLflow server go to s3://<s3.bucket>/<mlflow_artifacts_prefix>.
+    mlflow_artifacts_prefix: str = "mlflow"
+    startup_timeout_s: float = 180.0
+
+
+class IngestSettings(BaseModel):
+    """Kafka training topic -> dataset shards in S3 (plugins.ingest)."""
+
+    group_id: str = "tierflow-ingest"
+    prefix: str = "datasets"  # s3://<bucket>/<prefix>/<app>/...
+    shard_records: int = 2048  # records per shard; shards are aligned to offset blocks of this size
+    idle_timeout_s: float = 3.0  # a run ends when no record arrived for this long
+    max_records: int = 0  # 0 = until the topic is drained
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -143,6 +172,8 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
