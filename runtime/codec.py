@@ -1,0 +1,249 @@
+"""Wire formats of the data plane: the binary tensor record, record headers, result JSON, input adapters.
+
+Tensor record (little-endian)::
+
+    b"TFT1" | dtype code (u8) | ndim (u8) | 2 reserved bytes | ndim x u32 shape | raw C-order bytes
+
+About 12 + 4*ndim bytes of overhead; never JSON lists of floats between tiers. Activations may be
+sent as float16 to halve the bytes on a link. Every malformed input raises `CodecError` with a
+message that says what is wrong, which the tier worker puts in the dead-letter record's `tf-error`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"TFT1"
+_HEAD = struct.Struct("<4sBB2x")
+MAX_NDIM = 8
+DTYPES: dict[int, np.dtype] = {
+    1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("i1"), 4: np.dtype("u1"),
+    5: np.dtype("<i4"), 6: np.dtype("<f8"), 7: np.dtype("<i8"), 8: np.dtype("?"),
+}
+_CODES = {dt: code for code, dt in DTYPES.items()}
+
+# Headers of the contract (README "Data plane").
+REQUEST_ID = "tf-request-id"
+MODEL = "tf-model"
+VERSION = "tf-version"
+ORIGIN_TS = "tf-origin-ts"
+DEADLINE = "tf-deadline"
+REPLY_TO = "tf-reply-to"
+CONTENT_TYPE = "tf-content-type"
+LABEL = "tf-label"
+ERROR = "tf-error"
+# Not in the required set: which tier and exit produced a forwarded record (for tracing / DLQ).
+SOURCE_TIER = "tf-source-tier"
+
+TENSOR = "application/x-tensor"
+PNG = "image/png"
+JPEG = "image/jpeg"
+JSON = "application/json"
+CONTENT_TYPES = (TENSOR, PNG, JPEG, JSON)
+
+
+class CodecError(ValueError):
+    """A record that cannot be decoded; the message is the DLQ reason."""
+
+
+def encode_tensor(array: np.ndarray, dtype: str | np.dtype | None = None) -> bytes:
+    """Encode one array (optionally cast, e.g. to float16 for activations)."""
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    code = _CODES.get(arr.dtype.newbyteorder("<"))
+    if code is None:
+        raise CodecError(f"dtype {arr.dtype} not supported; use one of {sorted(str(d) for d in _CODES)}")
+    if arr.ndim > MAX_NDIM:
+        raise CodecError(f"{arr.ndim} dimensions, at most {MAX_NDIM}")
+    arr = np.asarray(arr, dtype=DTYPES[code], order="C")
+    return b"".join((_HEAD.pack(MAGIC, code, arr.ndim), struct.pack(f"<{arr.ndim}I", *arr.shape),
+                     arr.tobytes()))
+
+
+def decode_tensor(data: bytes | memoryview | None) -> np.ndarray:
+    """Decode one tensor record; raises CodecError on anything malformed (never returns garbage)."""
+    if data is None:
+        raise CodecError("empty record value (tombstone)")
+    buf = memoryview(data)
+    if len(buf) < _HEAD.size:
+        raise CodecError(f"not a tensor record: {len(buf)} bytes, shorter than the {_HEAD.size}-byte header")
+    magic, code, ndim = _HEAD.unpack_from(buf)
+    if magic != MAGIC:
+        raise CodecError(f"not a tensor record: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if code not in DTYPES:
+        raise CodecError(f"unknown dtype code {code}")
+    if ndim > MAX_NDIM:
+        raise CodecError(f"{ndim} dimensions, at most {MAX_NDIM}")
+    offset = _HEAD.size + 4 * ndim
+    if len(buf) < offset:
+        raise CodecError("truncated tensor record (shape)")
+    shape = struct.unpack_from(f"<{ndim}I", buf, _HEAD.size)
+    dtype = DTYPES[code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(buf) - offset != expected:
+        raise CodecError(f"tensor record of shape {shape} {dtype.name} needs {expected} data bytes, "
+                         f"got {len(buf) - offset}")
+    return np.frombuffer(buf, dtype=dtype, offset=offset, count=expected // dtype.itemsize).reshape(shape)
+
+
+# ---- headers -----------------------------------------------------------------------------------------
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def make_headers(request_id: str, *, model: str | None = None, version: str | None = None,
+                 origin_ts: int | None = None, deadline: int | None = None, reply_to: str | None = None,
+                 content_type: str | None = None, **extra: str | int | None) -> list[tuple[str, bytes]]:
+    """Headers as confluent-kafka wants them; extra keys use underscores for dashes (tf_label=3)."""
+    items: dict[str, Any] = {REQUEST_ID: request_id, MODEL: model, VERSION: version, ORIGIN_TS: origin_ts,
+                             DEADLINE: deadline, REPLY_TO: reply_to, CONTENT_TYPE: content_type}
+    items.update({k.replace("_", "-"): v for k, v in extra.items()})
+    return [(k, str(v).encode()) for k, v in items.items() if v is not None]
+
+
+def parse_headers(raw: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Header list → dict of str (last value wins); non-UTF-8 values raise CodecError."""
+    out: dict[str, str] = {}
+    for key, value in raw or ():
+        try:
+            out[key] = "" if value is None else bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CodecError(f"header {key!r} is not UTF-8") from exc
+    return out
+
+
+def header_int(headers: dict[str, str], key: str) -> int | None:
+    """Integer header (epoch ms etc.); missing → None, malformed → CodecError."""
+    value = headers.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise CodecError(f"header {key!r} must be an integer, got {value[:40]!r}") from None
+
+
+def with_header(headers: Sequence[tuple[str, bytes]] | None, key: str, value: str) -> list[tuple[str, bytes]]:
+    """Copy of a header list with one key set (replacing earlier values)."""
+    return [(k, v) for k, v in (headers or ()) if k != key] + [(key, value.encode())]
+
+
+# ---- results -----------------------------------------------------------------------------------------
+
+RESULT_FIELDS = ("request_id", "label", "class_name", "confidence", "exit", "tier", "model_version",
+                 "tier_latency_ms", "latency_ms", "degraded")
+
+
+def encode_result(result: dict[str, Any]) -> bytes:
+    missing = [f for f in RESULT_FIELDS if f not in result]
+    if missing:
+        raise ValueError(f"result lacks {missing}")
+    return json.dumps(result, separators=(",", ":")).encode()
+
+
+def decode_result(data: bytes) -> dict[str, Any]:
+    try:
+        result = json.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"result is not JSON: {exc}") from exc
+    if not isinstance(result, dict) or "request_id" not in result:
+        raise CodecError("result JSON has no request_id")
+    return result
+
+
+# ---- input adapters ----------------------------------------------------------------------------------
+
+def _from_image(data: bytes, shape: Sequence[int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    channels = shape[-1] if len(shape) == 3 else 1
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            height, width = shape[0], shape[1]
+            if img.size != (width, height):
+                raise CodecError(f"image is {img.size[0]}x{img.size[1]}, the model takes {width}x{height}")
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise CodecError(f"not a readable image: {exc}") from exc
+
+
+def _from_json(data: bytes) -> np.ndarray:
+    try:
+        value = json.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"not valid JSON: {exc}") from exc
+    if isinstance(value, dict):
+        value = value.get("instances", value.get("data"))
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise CodecError("JSON input must be a (nested) list of numbers, or {\"data\": [...]}") from exc
+    if arr.ndim == 0:
+        raise CodecError("JSON input must be a (nested) list of numbers, or {\"data\": [...]}")
+    return arr
+
+
+def conform(arr: np.ndarray, shape: Sequence[int], dtype: str) -> np.ndarray:
+    """Fit one sample to the model input: same shape up to size-1 axes, and the model's dtype.
+
+    uint8 pixels are scaled to [0, 1] when the model takes floats (the images of the training data are
+    scaled the same way); non-finite values are rejected.
+    """
+    want = tuple(int(d) for d in shape)
+    if arr.shape != want:
+        if tuple(d for d in arr.shape if d != 1) != tuple(d for d in want if d != 1):
+            raise CodecError(f"input shape {arr.shape} does not fit the model input {want}")
+        arr = arr.reshape(want)
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        if arr.dtype == np.uint8:
+            arr = arr.astype(target) / target.type(255.0)
+        elif arr.dtype.kind in "fiu":
+            arr = arr.astype(target, copy=False)
+        else:
+            raise CodecError(f"input dtype {arr.dtype} cannot feed a {target} model")
+        if not np.isfinite(arr).all():
+            raise CodecError("input contains NaN or infinite values")
+    elif arr.dtype != target:
+        raise CodecError(f"input dtype {arr.dtype}, the model takes {target}")
+    return arr
+
+
+def decode_input(data: bytes | None, content_type: str | None, shape: Sequence[int], dtype: str) -> np.ndarray:
+    """One request value in any supported content type → one model-ready sample."""
+    ctype = (content_type or TENSOR).split(";")[0].strip().lower()
+    if data is None or len(data) == 0:
+        raise CodecError("empty record value")
+    if ctype == TENSOR:
+        arr = decode_tensor(data)
+    elif ctype in (PNG, JPEG, "image/jpg"):
+        arr = _from_image(data, shape)
+    elif ctype == JSON:
+        arr = _from_json(data)
+    else:
+        raise CodecError(f"unsupported tf-content-type {content_type!r}; use one of {CONTENT_TYPES}")
+    return conform(arr, shape, dtype)
+
+
+def encode_image(sample: np.ndarray, fmt: str = "PNG") -> bytes:
+    """A 2-D (or HxWx1 / HxWx3) sample as PNG/JPEG bytes, for devices that send images."""
+    from PIL import Image
+
+    arr = np.asarray(sample)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
