@@ -8,6 +8,7 @@ single-machine stack. Secrets are ``SecretStr`` and have no defaults in code.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -186,3 +187,31 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """TIERFLOW_* variables that reproduce `settings` in a child process (worker, ingest, Airflow task).
+
+    Secrets are included in clear text: pass the result as a process environment, never log it.
+    Fields set to None are left out (the child then falls back to its own default).
+    """
+    out: dict[str, str] = {}
+
+    def walk(name: str, value: object) -> None:
+        if isinstance(value, BaseModel):
+            for field in type(value).model_fields:
+                walk(f"{name}__{field.upper()}", getattr(value, field))
+        elif value is None:
+            return
+        elif isinstance(value, SecretStr):
+            out[name] = value.get_secret_value()
+        elif isinstance(value, dict | list):
+            out[name] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+
+    for field in type(settings).model_fields:
+        walk(f"{ENV_PREFIX}{field.upper()}", getattr(settings, field))
+    return out
