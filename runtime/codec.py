@@ -196,8 +196,8 @@ def _from_json(data: bytes) -> np.ndarray:
 def conform(arr: np.ndarray, shape: Sequence[int], dtype: str) -> np.ndarray:
     """Fit one sample to the model input: same shape up to size-1 axes, and the model's dtype.
 
-    uint8 pixels are scaled to [0, 1] when the model takes floats (the images of the training data are
-    scaled the same way); non-finite values are rejected.
+    Values are cast, never rescaled: tierflow models take raw values (pixels in [0, 255]) and do their
+    own preprocessing inside the network. Non-finite values are rejected.
     """
     want = tuple(int(d) for d in shape)
     if arr.shape != want:
@@ -206,9 +206,7 @@ def conform(arr: np.ndarray, shape: Sequence[int], dtype: str) -> np.ndarray:
         arr = arr.reshape(want)
     target = np.dtype(dtype)
     if target.kind == "f":
-        if arr.dtype == np.uint8:
-            arr = arr.astype(target) / target.type(255.0)
-        elif arr.dtype.kind in "fiu":
+        if arr.dtype.kind in "fiu":
             arr = arr.astype(target, copy=False)
         else:
             raise CodecError(f"input dtype {arr.dtype} cannot feed a {target} model")
@@ -236,12 +234,12 @@ def decode_input(data: bytes | None, content_type: str | None, shape: Sequence[i
 
 
 def encode_image(sample: np.ndarray, fmt: str = "PNG") -> bytes:
-    """A 2-D (or HxWx1 / HxWx3) sample as PNG/JPEG bytes, for devices that send images."""
+    """A 2-D (or HxWx1 / HxWx3) sample of pixel values in [0, 255] as PNG/JPEG bytes."""
     from PIL import Image
 
     arr = np.asarray(sample)
     if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     buf = io.BytesIO()

@@ -96,17 +96,17 @@ def test_png_and_raw_uint8_give_the_same_sample():
     from_raw = decode_input(encode_tensor(pixels), codec.TENSOR, SHAPE, DTYPE)
     assert from_png.shape == SHAPE and from_png.dtype == np.float32
     np.testing.assert_array_equal(from_png, from_raw)
-    np.testing.assert_allclose(from_png[..., 0], pixels / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(from_png[..., 0], pixels.astype(np.float32))  # raw values, no rescaling
 
 
 def test_jpeg_is_lossy_but_close():
     pixels = np.tile(np.linspace(0, 255, 28, dtype=np.uint8), (28, 1))
     out = decode_input(codec.encode_image(pixels, "JPEG"), codec.JPEG, SHAPE, DTYPE)
-    assert np.abs(out[..., 0] - pixels / 255.0).mean() < 0.02
+    assert np.abs(out[..., 0] - pixels).mean() < 5
 
 
 def test_json_arrays_with_and_without_envelope():
-    sample = RNG.random((28, 28)).astype(np.float32)
+    sample = (RNG.random((28, 28)) * 255).astype(np.float32)
     for body in (json.dumps(sample.tolist()), json.dumps({"data": sample.tolist()})):
         np.testing.assert_allclose(decode_input(body.encode(), codec.JSON, SHAPE, DTYPE)[..., 0], sample)
 
