@@ -1,0 +1,126 @@
+"""Datasets as plain arrays: Fashion-MNIST (local idx files first), image folders, tierflow shards.
+
+Every loader returns a :class:`Dataset`: ``x`` (n, H, W, C) uint8/float32 raw values, ``y`` (n,) int64
+class ids, and ``class_names``. Models rescale inside, so raw pixel values are what they expect.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_URL = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        validate_arrays(self.x, self.y, self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx) -> Dataset:
+        return Dataset(self.x[idx], self.y[idx], self.class_names)
+
+    def subset(self, n: int | None, seed: int = 0) -> Dataset:
+        """A random (seeded) subset of ``n`` samples, or everything when n is None/too large."""
+        if n is None or n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        return self.take(np.sort(rng.choice(len(self), size=n, replace=False)))
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Seeded random split into (1 - fraction, fraction)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(self))
+        k = int(round(len(self) * fraction))
+        if k == 0 or k == len(self):
+            raise ValueError(f"a {fraction} split of {len(self)} samples leaves one side empty")
+        return self.take(np.sort(perm[k:])), self.take(np.sort(perm[:k]))
+
+
+def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: Sequence[str]) -> None:
+    """Clear errors for empty data, mismatched lengths and labels outside the class list."""
+    if len(class_names) < 2:
+        raise ValueError(f"a classification dataset needs at least 2 classes, got {list(class_names)}")
+    if x.shape[0] == 0:
+        raise ValueError("the dataset is empty (0 samples)")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels must be a vector with one label per sample: x has {x.shape[0]} samples, y shape {y.shape}")
+    if y.min() < 0 or y.max() >= len(class_names):
+        bad = sorted(set(np.unique(y[(y < 0) | (y >= len(class_names))]).tolist()))
+        raise ValueError(f"unknown labels {bad[:10]}: class ids must be in 0..{len(class_names) - 1}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_fashion_mnist(directory: str | Path | None) -> Path | None:
+    candidates = [Path(directory)] if directory else []
+    if os.environ.get("TIERFLOW_FASHION_MNIST_DIR"):
+        candidates.append(Path(os.environ["TIERFLOW_FASHION_MNIST_DIR"]))
+    candidates += [Path(d) for d in FASHION_MNIST_DIRS]
+    candidates.append(Path.home() / ".cache" / "tierflow" / "fashion-mnist")
+    for c in candidates:
+        if all((c / f).is_file() for pair in _FILES.values() for f in pair):
+            return c
+    return None
+
+
+def _download_fashion_mnist(target: Path) -> Path:
+    import urllib.request
+
+    target.mkdir(parents=True, exist_ok=True)
+    for pair in _FILES.values():
+        for f in pair:
+            if not (target / f).is_file():
+                tmp = target / (f + ".part")
+                urllib.request.urlretrieve(FASHION_MNIST_URL + f, tmp)  # noqa: S310 (fixed https URL)
+                tmp.rename(target / f)
+    return target
+
+
+def load_fashion_mnist(split: str = "train", directory: str | Path | None = None,
+                       download: bool = True) -> Dataset:
+    """Fashion-MNIST as (n, 28, 28, 1) uint8; local idx files first (Debian ``dataset-fashion-mnist``)."""
+    if split not in _FILES:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    root = _find_fashion_mnist(directory)
+    if root is None:
+        if not download:
+            raise FileNotFoundError("Fashion-MNIST idx files not found in "
+                                    f"{[str(directory)] if directory else list(FASHION_MNIST_DIRS)}; "
+                                    "install Debian's dataset-fashion-mnist or allow download")
+        try:
+            root = _download_fashion_mnist(Path.home() / ".cache" / "tierflow" / "fashion-mnist")
+        except OSError as err:
+            raise FileNotFoundError(f"Fashion-MNIST is not installed locally and could not be downloaded ({err}); "
+                                    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)") from err
+    images, labels = (_read_idx(root / f) for f in _FILES[split])
+    return Dataset(images[..., None].copy(), labels.astype(np.int64), list(FASHION_MNIST_CLASSES))

@@ -1,0 +1,142 @@
+"""Joint training of all exits (BranchyNet): one loss per exit, weighted, summed; seeded; early stopping."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    exit_weights: Sequence[float] | None = None  # per exit; default 1.0 each
+    seed: int = 0
+    patience: int = 2  # early stopping on validation loss; 0 disables
+    progress: bool = True
+    max_seconds: float | None = None  # stop after the epoch that crosses this wall-clock budget
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list[float]]
+    epochs_run: int
+    seconds: float
+    exit_weights: list[float]
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow (Keras) for reproducible runs."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+def compile_multi_exit(model, exit_weights: Sequence[float] | None = None, learning_rate: float = 1e-3) -> list[float]:
+    """Compile with a sparse cross-entropy per exit and the given per-exit loss weights."""
+    import keras
+
+    n = len(model.outputs)
+    weights = [1.0] * n if exit_weights is None else [float(w) for w in exit_weights]
+    if len(weights) != n:
+        raise ValueError(f"the model has {n} exits but {len(weights)} exit weights were given")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"exit weights must be >= 0 and not all zero, got {weights}")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=["sparse_categorical_crossentropy"] * n,
+        loss_weights=weights,
+        metrics=[["accuracy"] for _ in range(n)],
+    )
+    return weights
+
+
+def _progress_callback(epochs: int, steps: int, enabled: bool, max_seconds: float | None):
+    import time
+
+    import keras
+    from tqdm.auto import tqdm
+
+    class Progress(keras.callbacks.Callback):
+        """A tqdm bar per epoch with the running loss; stops on the wall-clock budget."""
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.monotonic()
+            self.over_budget = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not enabled)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.close()
+            if enabled and logs:
+                shown = {k: round(float(v), 4) for k, v in logs.items() if "accuracy" in k or k in ("loss", "val_loss")}
+                tqdm.write(f"epoch {epoch + 1}: {shown}")
+            if max_seconds is not None and time.monotonic() - self.t0 > max_seconds:
+                self.over_budget = True
+                self.model.stop_training = True
+
+    return Progress()
+
+
+def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                     config: TrainConfig | None = None) -> TrainResult:
+    """Train every exit jointly; returns the Keras history (per-exit loss/accuracy, train and val)."""
+    import time
+
+    import keras
+
+    cfg = config or TrainConfig()
+    if len(x) == 0 or len(x_val) == 0:
+        raise ValueError("training and validation sets must not be empty")
+    set_seed(cfg.seed)
+    weights = compile_multi_exit(model, cfg.exit_weights, cfg.learning_rate)
+    n = len(model.outputs)
+    steps = int(np.ceil(len(x) / cfg.batch_size))
+    progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
+    callbacks = [progress]
+    early = None
+    if cfg.patience > 0:
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+        callbacks.append(early)
+    t0 = time.monotonic()
+    hist = model.fit(x, [y] * n, validation_data=(x_val, [y_val] * n), epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    seconds = time.monotonic() - t0
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(next(iter(history.values()))) if history else 0
+    stopped = bool(early is not None and early.stopped_epoch > 0) or progress.over_budget
+    return TrainResult(history=history, epochs_run=epochs_run, seconds=seconds, exit_weights=weights,
+                       stopped_early=stopped)
+
+
+def predict_exits(model, x: np.ndarray, batch_size: int = 512) -> list[np.ndarray]:
+    """Probabilities of every exit for ``x`` (list of (n, K) arrays, exit order)."""
+    outs = model.predict(x, batch_size=batch_size, verbose=0)
+    outs = outs if isinstance(outs, list | tuple) else [outs]
+    return [np.asarray(o) for o in outs]
+
+
+def exit_metrics(exit_probs: Sequence[np.ndarray], y: np.ndarray) -> list[dict[str, Any]]:
+    """Per-exit accuracy, cross-entropy loss and confusion matrix (rows = true, columns = predicted)."""
+    y = np.asarray(y)
+    out = []
+    for i, p in enumerate(exit_probs):
+        k = p.shape[1]
+        pred = p.argmax(axis=1)
+        loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+        cm = np.zeros((k, k), dtype=np.int64)
+        np.add.at(cm, (y, pred), 1)
+        out.append({"exit": i, "accuracy": float((pred == y).mean()), "loss": loss, "confusion": cm.tolist()})
+    return out
