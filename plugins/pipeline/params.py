@@ -1,0 +1,199 @@
+"""Parameters of the train→calibrate→gate→register→deploy pipeline: UI form schema and validation.
+
+The same rules serve twice: as JSON schema on each Airflow ``Param`` (the trigger form refuses a wrong
+value before a run exists) and in :func:`validate`, which the DAG's first task calls, because REST and
+Asset-triggered runs and ``dag.test(run_conf=...)`` can bypass the form. Every message names the
+parameter and says what to fix. Pure Python: no TensorFlow, no Airflow (the DAG wraps these in Param).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ARCHITECTURES = ("compact", "b_alexnet", "vgg")
+BACKENDS = ("local", "kubernetes")
+CONFIDENCE = ("max_softmax", "entropy")
+OBJECTIVES = ("early", "cost")
+KNOWN_TIERS = ("edge", "fog", "cloud")
+
+
+class ParamError(ValueError):
+    """One or more pipeline parameters are wrong; the message lists each one and what to fix."""
+
+
+# name -> (default, JSON schema, description shown in the trigger form)
+PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
+    "architecture": ("compact", {"type": "string", "enum": list(ARCHITECTURES)},
+                     "Multi-exit network: compact (28x28 default), b_alexnet or vgg."),
+    "epochs": (3, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
+    "exit_loss_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
+                          "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 1.0 each."),
+    "tier_map": ("edge=0;fog=1;cloud=2", {"type": "string", "minLength": 1},
+                 "Exits served by each tier, edge to cloud, e.g. 'edge=0;fog=1;cloud=2' or 'cloud=final'."),
+    "accuracy_tolerance": (1.0, {"type": "number", "minimum": 0, "maximum": 50},
+                           "Calibration: accuracy points the cascade may lose against the final exit."),
+    "objective": ("early", {"type": "string", "enum": list(OBJECTIVES)},
+                  "Calibration objective: 'early' (answer as early as possible) or 'cost' (tier costs)."),
+    "cost_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
+                     "Objective 'cost': cost of answering at each tier (ms), one per tier of the tier map."),
+    "confidence": ("max_softmax", {"type": "string", "enum": list(CONFIDENCE)},
+                   "Confidence measure at the exits."),
+    "max_train_samples": (0, {"type": "integer", "minimum": 0},
+                          "Use at most this many training samples (0 = all); small values for quick tests."),
+    "gate_margin": (0.01, {"type": "number", "minimum": 0, "maximum": 1},
+                    "Gate: the candidate may be at most this much less accurate than the champion."),
+    "backend": ("local", {"type": "string", "enum": list(BACKENDS)},
+                "Where the tier workers run: local processes or Kubernetes."),
+    "canary_requests": (200, {"type": "integer", "minimum": 0, "maximum": 100000},
+                        "Labeled requests sent through the new version before promotion (0 = no canary)."),
+    "canary_max_p95_ms": (3000.0, {"type": "number", "exclusiveMinimum": 0},
+                          "Canary: highest acceptable p95 end-to-end latency (ms)."),
+    "canary_accuracy_drop": (0.1, {"type": "number", "minimum": 0, "maximum": 1},
+                             "Canary: live accuracy may be at most this much below the offline test accuracy."),
+    "dataset": ("", {"type": "string"},
+                "Dataset manifest URI (s3://...); empty = the triggering Asset event or the newest dataset."),
+}
+
+
+def defaults() -> dict[str, Any]:
+    return {name: spec[0] for name, spec in PARAM_SPECS.items()}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    architecture: str = "compact"
+    epochs: int = 3
+    exit_loss_weights: list[float] | None = None
+    tier_map: dict[str, list[int | str]] = field(default_factory=lambda: {"edge": [0], "fog": [1], "cloud": [2]})
+    accuracy_tolerance: float = 1.0
+    objective: str = "early"
+    cost_weights: list[float] | None = None
+    confidence: str = "max_softmax"
+    max_train_samples: int = 0
+    gate_margin: float = 0.01
+    backend: str = "local"
+    canary_requests: int = 200
+    canary_max_p95_ms: float = 3000.0
+    canary_accuracy_drop: float = 0.1
+    dataset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tier_map_text(self) -> str:
+        return ";".join(f"{t}={'+'.join(str(e) for e in ex)}" for t, ex in self.tier_map.items())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_tier_map(text: str) -> dict[str, list[int | str]]:
+    from ml.partition import parse_tier_map  # pure parser, no TensorFlow
+
+    return parse_tier_map(text)
+
+
+def _list_param(value: Any) -> Any:
+    """Lists may come from the form or REST as JSON text ("[1, 0.5]") or "1,0.5"; empty means None."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text if text.startswith("[") else f"[{text}]")
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def validate(conf: dict[str, Any]) -> PipelineConfig:
+    """Check every parameter; raise ParamError listing all problems, or return the typed config."""
+    problems: list[str] = []
+    unknown = sorted(set(conf) - set(PARAM_SPECS))
+    if unknown:
+        problems.append(f"unknown parameter(s) {unknown}; known: {sorted(PARAM_SPECS)}")
+    v = {**defaults(), **{k: conf[k] for k in conf if k in PARAM_SPECS}}
+
+    if v["architecture"] not in ARCHITECTURES:
+        problems.append(f"architecture={v['architecture']!r}: choose one of {list(ARCHITECTURES)}")
+    if isinstance(v["epochs"], str) and v["epochs"].strip().isdigit():
+        v["epochs"] = int(v["epochs"])
+    if not isinstance(v["epochs"], int) or isinstance(v["epochs"], bool) or not 1 <= v["epochs"] <= 200:
+        problems.append(f"epochs={v['epochs']!r}: give a whole number from 1 to 200")
+
+    tier_map: dict[str, list[int | str]] = {}
+    tm = v["tier_map"]
+    try:
+        tier_map = (_parse_tier_map(tm) if isinstance(tm, str)
+                    else {str(k): (list(e) if isinstance(e, list | tuple) else [e]) for k, e in dict(tm).items()})
+        bad = [t for t in tier_map if t not in KNOWN_TIERS]
+        if bad:
+            problems.append(f"tier_map={tm!r}: unknown tier(s) {bad}; tiers are {list(KNOWN_TIERS)}, "
+                            "e.g. 'edge=0;fog=1;cloud=2'")
+        order = [t for t in KNOWN_TIERS if t in tier_map]
+        if list(tier_map) != order:
+            problems.append(f"tier_map={tm!r}: list tiers from edge to cloud, e.g. 'edge=0;fog=1;cloud=2'")
+        flat = [e for ex in tier_map.values() for e in ex]
+        ints = [e for e in flat if isinstance(e, int)]
+        if any(e < 0 for e in ints) or ints != sorted(set(ints)):
+            problems.append(f"tier_map={tm!r}: exits must be distinct, >= 0 and ascending from edge to cloud")
+        if any(not ex for ex in tier_map.values()):
+            problems.append(f"tier_map={tm!r}: every tier needs at least one exit")
+    except (ValueError, TypeError) as exc:
+        problems.append(f"tier_map={tm!r}: {exc}")
+
+    weights = _list_param(v["exit_loss_weights"])
+    if weights is not None and (not isinstance(weights, list) or not weights
+                                or not all(_number(w) and w >= 0 for w in weights)
+                                or not any(w > 0 for w in weights)):
+        problems.append(f"exit_loss_weights={v['exit_loss_weights']!r}: give a list of numbers >= 0 "
+                        "(one per exit, at least one > 0), e.g. [1, 0.5, 0.3], or leave empty")
+    v["exit_loss_weights"] = [float(w) for w in weights] if isinstance(weights, list) and not any(
+        "exit_loss_weights" in p for p in problems) else None
+
+    if not _number(v["accuracy_tolerance"]) or not 0 <= v["accuracy_tolerance"] <= 50:
+        problems.append(f"accuracy_tolerance={v['accuracy_tolerance']!r}: give accuracy points from 0 to 50 "
+                        "(e.g. 1.0 = the cascade may be 1 point less accurate than the final exit)")
+    if v["objective"] not in OBJECTIVES:
+        problems.append(f"objective={v['objective']!r}: choose one of {list(OBJECTIVES)}")
+    costs = _list_param(v["cost_weights"])
+    if costs is not None:
+        if not isinstance(costs, list) or not all(_number(c) and c >= 0 for c in costs):
+            problems.append(f"cost_weights={v['cost_weights']!r}: give one number >= 0 per tier, e.g. [1, 5, 20]")
+            costs = None
+        elif tier_map and len(costs) != len(tier_map):
+            problems.append(f"cost_weights={costs}: give one cost per tier of the tier map "
+                            f"({len(tier_map)}: {list(tier_map)}), got {len(costs)}")
+    elif v["objective"] == "cost":
+        problems.append("objective='cost' needs cost_weights: one cost per tier, e.g. [1, 5, 20]")
+    v["cost_weights"] = [float(c) for c in costs] if isinstance(costs, list) else None
+
+    if v["confidence"] not in CONFIDENCE:
+        problems.append(f"confidence={v['confidence']!r}: choose one of {list(CONFIDENCE)}")
+    if not isinstance(v["max_train_samples"], int) or isinstance(v["max_train_samples"], bool) \
+            or v["max_train_samples"] < 0:
+        problems.append(f"max_train_samples={v['max_train_samples']!r}: give a whole number >= 0 (0 = all)")
+    for name, lo, hi in (("gate_margin", 0, 1), ("canary_accuracy_drop", 0, 1)):
+        if not _number(v[name]) or not lo <= v[name] <= hi:
+            problems.append(f"{name}={v[name]!r}: give a number from {lo} to {hi}")
+    if v["backend"] not in BACKENDS:
+        problems.append(f"backend={v['backend']!r}: choose one of {list(BACKENDS)}")
+    if not isinstance(v["canary_requests"], int) or isinstance(v["canary_requests"], bool) \
+            or not 0 <= v["canary_requests"] <= 100000:
+        problems.append(f"canary_requests={v['canary_requests']!r}: give a whole number from 0 to 100000")
+    if not _number(v["canary_max_p95_ms"]) or v["canary_max_p95_ms"] <= 0:
+        problems.append(f"canary_max_p95_ms={v['canary_max_p95_ms']!r}: give a latency in ms > 0")
+    if not isinstance(v["dataset"], str) or (v["dataset"] and not v["dataset"].startswith(("s3://", "/", "file:"))):
+        problems.append(f"dataset={v['dataset']!r}: give an s3:// (or local path) dataset manifest URI, "
+                        "or leave empty for the newest dataset")
+
+    if problems:
+        raise ParamError("invalid pipeline parameters:\n- " + "\n- ".join(problems))
+    v["tier_map"] = tier_map
+    for name in ("accuracy_tolerance", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms"):
+        v[name] = float(v[name])
+    return PipelineConfig(**v)

@@ -1,0 +1,55 @@
+"""Pipeline parameter validation: good values pass typed, each wrong value says what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugins.pipeline.params import PARAM_SPECS, ParamError, defaults, validate
+
+
+def test_defaults_are_valid_and_typed():
+    cfg = validate({})
+    assert cfg.architecture == "compact"
+    assert cfg.tier_map == {"edge": [0], "fog": [1], "cloud": [2]}
+    assert cfg.tier_map_text == "edge=0;fog=1;cloud=2"
+    assert set(defaults()) == set(PARAM_SPECS)
+
+
+def test_lists_from_the_form_as_text_are_parsed():
+    cfg = validate({"exit_loss_weights": "[1, 0.5, 0.25]", "cost_weights": "1, 5, 20", "objective": "cost"})
+    assert cfg.exit_loss_weights == [1.0, 0.5, 0.25]
+    assert cfg.cost_weights == [1.0, 5.0, 20.0]
+
+
+def test_cloud_only_tier_map():
+    assert validate({"tier_map": "cloud=final"}).tier_map == {"cloud": ["final"]}
+
+
+@pytest.mark.parametrize(("conf", "needle"), [
+    ({"architecture": "resnet"}, "architecture='resnet': choose one of"),
+    ({"epochs": 0}, "epochs=0: give a whole number from 1 to 200"),
+    ({"epochs": "many"}, "epochs='many'"),
+    ({"tier_map": "edge=0;mist=1;cloud=2"}, "unknown tier(s) ['mist']"),
+    ({"tier_map": "cloud=2;edge=0"}, "list tiers from edge to cloud"),
+    ({"tier_map": "edge0"}, "expected 'tier=exit"),
+    ({"tier_map": "edge=1;cloud=0"}, "ascending"),
+    ({"exit_loss_weights": [1, -1]}, "exit_loss_weights=[1, -1]: give a list of numbers >= 0"),
+    ({"exit_loss_weights": [0, 0]}, "at least one > 0"),
+    ({"accuracy_tolerance": 80}, "accuracy_tolerance=80: give accuracy points from 0 to 50"),
+    ({"objective": "cost"}, "objective='cost' needs cost_weights"),
+    ({"cost_weights": [1, 2]}, "one cost per tier of the tier map (3"),
+    ({"backend": "docker"}, "backend='docker': choose one of ['local', 'kubernetes']"),
+    ({"canary_requests": -5}, "canary_requests=-5"),
+    ({"dataset": "http://x"}, "dataset='http://x'"),
+    ({"epoch": 3}, "unknown parameter(s) ['epoch']"),
+])
+def test_wrong_values_fail_with_what_to_fix(conf, needle):
+    with pytest.raises(ParamError) as err:
+        validate(conf)
+    assert needle in str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ParamError) as err:
+        validate({"epochs": 0, "backend": "x", "architecture": "y"})
+    assert str(err.value).count("\n- ") == 3
