@@ -6,7 +6,7 @@ install:
 
 # The whole pipeline end to end on the embedded default stack.
 demo: install
-	.venv/bin/tierflow demo
+	.venv/bin/tierflow demo $(ARGS)
 
 # The test suite: unit, integration against real local services, Kubernetes testbed.
 test: install
