@@ -1,0 +1,169 @@
+"""Every manifest we ship, validated offline against the Kubernetes 1.29 schema in strict mode.
+
+Rendering uses `kubectl kustomize` (kustomize built into kubectl). Strimzi's Kafka/KafkaNodePool/KafkaTopic
+are custom resources with no schema in kubernetes-validate: they are checked here against what Strimzi
+requires of them (apiVersion, cluster label, topic names of the data-plane contract), not against
+Strimzi's CRD schema, which is not available offline.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+
+from plugins.rollout.base import Release, TierSpec
+from plugins.rollout.kubernetes import tier_deployment
+from runtime.settings import KubernetesSettings, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "infra" / "k8s"
+SCHEMA_VERSION = "1.29"
+STRIMZI = "kafka.strimzi.io/v1beta2"
+CONTRACT_TOPICS = ("requests", "results", "dlq", "training", "feedback")
+
+
+def render(overlay: str) -> list[dict]:
+    exe = shutil.which("kubectl")
+    assert exe, "kubectl (with built-in kustomize) is needed to render infra/k8s overlays"
+    out = subprocess.run([exe, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [m for m in yaml.safe_load_all(out.stdout) if m]
+
+
+def validate(manifest: dict) -> None:
+    try:
+        kubernetes_validate.validate(manifest, desired_version=SCHEMA_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        name = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
+        pytest.fail(f"{name} is not valid Kubernetes {SCHEMA_VERSION}: {e.message} at {list(e.path)}")
+
+
+@pytest.mark.parametrize("overlay", ["testbed", "production"])
+def test_overlay_renders_and_every_builtin_manifest_is_valid(overlay):
+    manifests = render(overlay)
+    builtin = [m for m in manifests if not m["apiVersion"].startswith("kafka.strimzi.io/")]
+    for m in builtin:
+        validate(m)
+        assert m["metadata"].get("namespace", "tierflow") == "tierflow" or m["kind"] == "Namespace"
+    kinds = {m["kind"] for m in builtin}
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= kinds
+    if overlay == "production":
+        assert {"StatefulSet", "Deployment", "Service", "Job"} <= kinds  # MinIO, PostgreSQL, MLflow
+
+
+def test_production_kafka_resources_cover_the_data_plane_contract():
+    manifests = render("production")
+    strimzi = [m for m in manifests if m["apiVersion"].startswith("kafka.strimzi.io/")]
+    assert all(m["apiVersion"] == STRIMZI for m in strimzi)
+    (kafka,) = [m for m in strimzi if m["kind"] == "Kafka"]
+    cluster = kafka["metadata"]["name"]
+    pools = [m for m in strimzi if m["kind"] == "KafkaNodePool"]
+    assert pools and all(p["metadata"]["labels"]["strimzi.io/cluster"] == cluster for p in pools)
+    assert {r for p in pools for r in p["spec"]["roles"]} == {"controller", "broker"}  # KRaft, no ZooKeeper
+    topics = {m["spec"]["topicName"]: m for m in strimzi if m["kind"] == "KafkaTopic"}
+    settings = Settings(_env_file=None, app="fmnist")
+    expected = {settings.topic(k) for k in CONTRACT_TOPICS}
+    expected |= {settings.link_topic(1, "edge", "fog"), settings.link_topic(1, "fog", "cloud")}
+    assert expected <= set(topics)
+    for name, topic in topics.items():
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster, name
+        assert topic["spec"]["partitions"] >= 1 and topic["spec"]["replicas"] >= 1, name
+        # a Kubernetes object name must be a DNS label even though the topic name has dots
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", topic["metadata"]["name"]), name
+
+
+def test_rollout_role_is_least_privilege_and_covers_what_the_backend_calls():
+    manifests = render("production")
+    (role,) = [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"] == "tierflow-rollout"]
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    for g, r, v in granted:
+        assert "*" not in (g, r, v)
+        assert r not in {"secrets", "pods/exec", "pods/attach", "pods/portforward", "roles", "rolebindings"}
+    needed = {("apps", "deployments", v) for v in ("get", "list", "create", "update", "delete")}
+    needed |= {("", "pods", "list"), ("", "pods/log", "get"), ("", "events", "list")}
+    assert needed <= granted
+    (binding,) = [m for m in manifests if m["kind"] == "RoleBinding"]
+    assert {"name": "airflow-worker", "kind": "ServiceAccount", "namespace": "airflow"} in binding["subjects"]
+
+
+def test_tier_pod_template_is_a_valid_nonroot_pod():
+    pod = yaml.safe_load((K8S / "base" / "tier-pod-template.yaml").read_text())
+    validate(pod)
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("template", [None, str(K8S / "base" / "tier-pod-template.yaml")])
+def test_backend_deployment_is_valid_and_places_each_tier_on_its_pool(template):
+    settings = Settings(_env_file=None, app="fmnist", k8s=KubernetesSettings(pod_template_file=template))
+    release = Release(app="fmnist", version="3", tiers=tuple(
+        TierSpec(t, f"models:/fmnist-{t}/3", env={"TIERFLOW_WORKER__MAX_BATCH": "32"}) for t in ("edge", "fog", "cloud")))
+    for spec in release.tiers:
+        dep = client.ApiClient().sanitize_for_serialization(tier_deployment(settings, release, spec))
+        validate(dep)
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert pod["nodeSelector"] == {"tier": spec.tier}
+        assert pod["tolerations"][0] == {"key": "tier", "operator": "Equal", "value": spec.tier,
+                                         "effect": "NoSchedule"}
+        assert pod["restartPolicy"] == "Always" and pod["securityContext"]["runAsNonRoot"] is True
+        assert c["command"] + c["args"] == spec.worker_command()
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": spec.http_port}
+        env = {e["name"]: e for e in c["env"]}
+        assert env["TIERFLOW_WORKER__HTTP_HOST"]["value"] == "$(POD_IP)"
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert env["TIERFLOW_WORKER__VERSION"]["value"] == "3"
+        assert env["TIERFLOW_WORKER__MAX_BATCH"]["value"] == "32"
+        for name in settings.k8s.secret_env:
+            assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "tierflow-secrets"
+        if template:  # the template's hardening survives the operator's merge
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert pod["serviceAccountName"] == "tierflow-tier"
+
+
+def test_secret_values_never_enter_the_pod_spec():
+    from pydantic import SecretStr
+
+    from runtime.settings import S3Settings
+
+    settings = Settings(_env_file=None, s3=S3Settings(access_key_id="AK", secret_access_key=SecretStr("hunter2")))
+    release = Release(app="fmnist", version="1", tiers=(TierSpec("edge", "/b"),))
+    text = yaml.safe_dump(client.ApiClient().sanitize_for_serialization(
+        tier_deployment(settings, release, release.tiers[0])))
+    assert "hunter2" not in text
+    leaky = Release(app="fmnist", version="1", tiers=(TierSpec("edge", "/b", env={"TIERFLOW_DB_PASSWORD": "x"}),))
+    with pytest.raises(ValueError, match="Kubernetes Secret"):
+        tier_deployment(settings, leaky, leaky.tiers[0])
+
+
+def test_airflow_helm_values():
+    values = yaml.safe_load((K8S / "airflow" / "values.yaml").read_text())
+    assert values["executor"] in {"KubernetesExecutor", "CeleryExecutor", "CeleryKubernetesExecutor"}
+    assert values["airflowVersion"] == "3.3.2"
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert '"in_cluster": true' in env["AIRFLOW_CONN_KUBERNETES_DEFAULT"]
+    assert values["workers"]["serviceAccount"]["name"] == "airflow-worker"  # bound by the production overlay
+    assert values["securityContexts"]["pod"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_dockerfile_lints_clean_and_runs_non_root(dockerfile):
+    """The images cannot be built here (no Docker engine): lint them with hadolint instead."""
+    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
+    out = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    users = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", ".tierflow"} <= set(ignored)
