@@ -41,5 +41,28 @@ def broker(
         raise typer.Exit(1) from exc
 
 
+@app.command()
+def worker(
+    tier: str = typer.Option(..., help="Tier to serve: a tier of the bundle (edge, fog, cloud) or 'full' "
+                                       "(the unpartitioned model, cloud-only)."),
+    model_uri: str = typer.Option(..., help="Bundle directory or MLflow URI models:/APP-<tier>/<version>."),
+    http_port: int = typer.Option(None, help="Port of /healthz, /readyz, /metrics "
+                                             "(default TIERFLOW_WORKER__HTTP_PORT; 0 picks a free one)."),
+) -> None:
+    """Run one tier worker until SIGTERM (finishes its batch, flushes, commits). Rollout backends launch this."""
+    from runtime.logs import setup_logging
+    from runtime.settings import get_settings
+
+    settings = get_settings()
+    setup_logging(settings.worker.log_level, settings.worker.json_logs)
+    from runtime.worker import serve
+
+    try:
+        serve(settings, tier, model_uri, http_port)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        typer.echo(f"error: cannot serve tier {tier!r} from {model_uri!r}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 if __name__ == "__main__":
     app()

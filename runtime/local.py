@@ -1,0 +1,147 @@
+"""Tier workers as supervised local processes: the embedded deployment and the tests' 3-tier setup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from runtime.broker import free_port
+from runtime.settings import Settings, settings_env
+
+TIERS_3 = ("edge", "fog", "cloud")
+CLOUD_ONLY = ("full",)
+
+
+class WorkerProcessError(RuntimeError):
+    """A worker exited or never became ready; the message carries the end of its log."""
+
+
+def _http_status(url: str, timeout_s: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return None
+
+
+class WorkerProcess:
+    """`tierflow worker --tier T --model-uri U --http-port P` in its own process group."""
+
+    def __init__(self, settings: Settings, tier: str, model_uri: str, log_dir: Path,
+                 http_port: int | None = None, env: dict[str, str] | None = None):
+        self.settings, self.tier, self.model_uri = settings, tier, str(model_uri)
+        self.http_port = http_port or free_port()
+        self.log_path = log_dir / f"worker-{tier}.log"
+        self.env = {**os.environ, **settings_env(settings), "TIERFLOW_WORKER__HTTP_HOST": "127.0.0.1",
+                    **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = -1
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "runtime.cli", "worker", "--tier", self.tier, "--model-uri",
+                self.model_uri, "--http-port", str(self.http_port)]
+
+    def start(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         cwd=Path(__file__).resolve().parent.parent)
+        self.restarts += 1
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        return self.alive() and _http_status(f"http://127.0.0.1:{self.http_port}/readyz") == 200
+
+    def log_tail(self, limit: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        return ""
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                raise WorkerProcessError(f"{self.tier} worker exited ({code}):\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.2)
+        raise WorkerProcessError(f"{self.tier} worker not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (graceful drain), SIGKILL after timeout_s; returns the exit code."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9: no drain, no flush, no commit (for fault-injection)."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+
+class LocalDeployment:
+    """One worker per tier; starts downstream tiers first, stops upstream first, restarts crashed ones."""
+
+    def __init__(self, settings: Settings, model_uri: str | Path, log_dir: Path, tiers: tuple[str, ...] = TIERS_3,
+                 env: dict[str, str] | None = None):
+        self.workers = {t: WorkerProcess(settings, t, str(model_uri), log_dir, env=env) for t in tiers}
+
+    def __getitem__(self, tier: str) -> WorkerProcess:
+        return self.workers[tier]
+
+    def start(self, timeout_s: float = 180.0) -> LocalDeployment:
+        # Start all at once (model loading overlaps), then wait downstream first.
+        for w in reversed(list(self.workers.values())):
+            w.start()
+        for w in reversed(list(self.workers.values())):
+            w.wait_ready(timeout_s)
+        return self
+
+    def supervise_once(self) -> list[str]:
+        """Restart workers that exited; returns the restarted tiers."""
+        restarted = []
+        for tier, w in self.workers.items():
+            if not w.alive():
+                w.start()
+                restarted.append(tier)
+        return restarted
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
+        return {tier: w.stop(timeout_s) for tier, w in self.workers.items()}
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,440 @@
+"""The tier worker: consume a micro-batch, run the tier's sub-model once, answer or forward, then commit.
+
+One process serves one tier of one model version:
+
+* the entry tier (the bundle's first tier, or ``full`` for cloud-only serving) consumes ``APP.requests``
+  in the consumer group ``APP.edge``, shared by every version so that a rollout hands requests over
+  without replaying or skipping any; it serves requests of any (or no) ``tf-version``;
+* every other tier consumes ``APP.v<version>.<prev>-<tier>`` in the group ``APP.v<version>.<tier>``
+  and dead-letters records of another version, so no network ever sees another version's activations.
+
+Offsets are committed only after every result, forward and dead letter of the batch is acknowledged by
+the broker (at-least-once; the client de-duplicates by request id). A tier that forwarded a request
+watches ``APP.results``; if no answer shows up by the request's deadline plus a grace that grows
+towards the edge (so the highest live tier answers first and the others see it and stay quiet), it
+publishes its own best prediction with ``degraded: true``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime import codec
+from runtime.codec import CodecError
+from runtime.kafka import consumer_config, ensure_topics, producer_config
+from runtime.metrics import HealthServer, WorkerMetrics
+from runtime.settings import Settings
+
+log = logging.getLogger("tierflow.worker")
+
+FULL = "full"  # the unpartitioned model, served alone (cloud-only)
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot go on safely (e.g. the broker rejected a result); it exits without committing."""
+
+
+class Rejected(Exception):
+    """A record that goes to the dead-letter topic; ``kind`` labels the counter, ``reason`` the header."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+@dataclass
+class Pending:
+    """What a tier knows about a request it forwarded, enough to answer it degraded."""
+
+    request_id: str
+    degrade_at: int  # epoch ms
+    result: dict[str, Any]
+    reply_to: str | None
+    origin_ts: int | None
+    received_ts: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one tier reads and writes (pure function of settings, tier and version)."""
+
+    tier: str
+    version: str
+    is_entry: bool
+    index: int
+    n_tiers: int
+    prev_tier: str | None
+    next_tier: str | None
+    in_topic: str
+    out_topic: str | None
+    group_id: str
+
+    @property
+    def degrade_grace_factor(self) -> int:
+        """Lower tiers wait longer, so the highest live tier answers first."""
+        return self.n_tiers - 1 - self.index
+
+
+def plan_route(settings: Settings, tier: str, version: str, tier_names: list[str]) -> Route:
+    if tier == FULL:
+        return Route(tier, version, True, 0, 1, None, None, settings.topic("requests"), None,
+                     f"{settings.app}.edge")
+    if tier not in tier_names:
+        raise ValueError(f"tier {tier!r} is not in the bundle's tiers {tier_names} (or 'full')")
+    i = tier_names.index(tier)
+    prev_tier = tier_names[i - 1] if i > 0 else None
+    next_tier = tier_names[i + 1] if i + 1 < len(tier_names) else None
+    in_topic = settings.topic("requests") if i == 0 else settings.link_topic(version, prev_tier, tier)
+    out_topic = settings.link_topic(version, tier, next_tier) if next_tier else None
+    group = f"{settings.app}.edge" if i == 0 else f"{settings.app}.v{version}.{tier}"
+    return Route(tier, version, i == 0, i, len(tier_names), prev_tier, next_tier, in_topic, out_topic, group)
+
+
+class TierWorker:
+    """Serves one tier; `run()` blocks until `stop()` (or SIGTERM/SIGINT) and returns after a clean drain."""
+
+    def __init__(self, settings: Settings, model: Any, *, http_port: int | None = None,
+                 http_host: str | None = None):
+        self.settings = settings
+        self.model = model
+        self.ws = settings.worker
+        version = str(self.ws.version or model.version)
+        tier_names = model.manifest.tier_names if model.manifest is not None else [model.name]
+        self.route = plan_route(settings, model.name, version, tier_names)
+        self.tier, self.version = self.route.tier, version
+        self.metrics = WorkerMetrics(self.tier, version)
+        self._stop = threading.Event()
+        self._assigned = False
+        self._watch_assigned = self.route.out_topic is None
+        self._heartbeat = time.monotonic()
+        self._pending: dict[str, Pending] = {}
+        self._deadlines: list[tuple[int, str]] = []
+        self._delivery_errors: list[str] = []
+        self._producers: dict[str, Any] = {}
+        self._consumer: Any = None
+        self._watcher: Any = None
+        self._http: HealthServer | None = None
+        self._http_port = self.ws.http_port if http_port is None else http_port
+        self._http_host = http_host or self.ws.http_host
+        self._results_topic = settings.topic("results")
+        self._dlq_topic = settings.topic("dlq")
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._assigned and self._watch_assigned and not self._stop.is_set()
+
+    @property
+    def http_port(self) -> int | None:
+        return self._http.port if self._http else None
+
+    def stop(self, *_: object) -> None:
+        """Stop fetching; the current batch is finished, flushed and committed."""
+        if not self._stop.is_set():
+            log.info("stop requested", extra={"tier": self.tier})
+        self._stop.set()
+
+    def start(self) -> None:
+        from confluent_kafka import Consumer
+
+        k, r = self.settings.kafka, self.route
+        self._http = HealthServer(self._http_host, self._http_port, self.metrics.registry,
+                                  ready=lambda: self.ready, alive=self._alive).start()
+        in_bootstrap = k.for_tier(self.tier)
+        ensure_topics(self.settings, [r.in_topic], bootstrap=in_bootstrap)
+        ensure_topics(self.settings, [self._results_topic, self._dlq_topic])
+        if r.out_topic:
+            ensure_topics(self.settings, [r.out_topic], bootstrap=k.for_tier(r.next_tier))
+        # Connect producers now (an idempotent producer needs a producer id before its first send) and
+        # trace the inference function, both before joining the group, so no batch waits for them.
+        self._producer(k.bootstrap)
+        if r.next_tier:
+            self._producer(k.for_tier(r.next_tier)).list_topics(timeout=10)
+        self._producer(k.bootstrap).list_topics(timeout=10)
+        self.model.predict(np.zeros((1, *self.model.input_shape), dtype=self.model.input_dtype))
+        self._consumer = Consumer(consumer_config(self.settings, r.group_id, bootstrap=in_bootstrap,
+                                                  **{"client.id": f"{self.tier}-{self.version}"}))
+        self._consumer.subscribe([r.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if r.out_topic:
+            # Answers to requests this tier forwarded; an own group per process, never committed.
+            group = f"{self.settings.app}.v{self.version}.{self.tier}.watch.{uuid.uuid4().hex[:12]}"
+            self._watcher = Consumer(consumer_config(self.settings, group, **{"auto.offset.reset": "latest"}))
+            self._watcher.subscribe([self._results_topic], on_assign=self._on_watch_assign)
+        log.info("worker started", extra={"tier": self.tier, "version": self.version, "in": r.in_topic,
+                                          "out": r.out_topic, "group": r.group_id, "http_port": self.http_port})
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                batch = self._fetch()
+                if batch:
+                    self._process(batch)
+                self._watch_results()
+                self._expire_pending()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for p in self._producers.values():
+            p.flush(30)
+        for c in (self._consumer, self._watcher):
+            if c is not None:
+                c.close()
+        self._consumer = self._watcher = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        log.info("worker stopped", extra={"tier": self.tier, "pending": len(self._pending)})
+
+    def _alive(self) -> bool:
+        return time.monotonic() - self._heartbeat < 60
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self._assigned = True
+        log.info("partitions assigned", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        log.info("partitions revoked", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
+
+    def _on_watch_assign(self, consumer: Any, partitions: list) -> None:
+        self._watch_assigned = True
+
+    # ---- the batch ----------------------------------------------------------------------------------
+
+    def _fetch(self) -> list:
+        first = self._consumer.poll(0.05)
+        if first is None:
+            return []
+        if self.ws.max_batch <= 1:
+            return [first]
+        return [first, *self._consumer.consume(self.ws.max_batch - 1, timeout=self.ws.max_wait_ms / 1000)]
+
+    def _process(self, msgs: list) -> None:
+        received = codec.now_ms()
+        valid: list[tuple[Any, dict[str, str], np.ndarray]] = []
+        for m in msgs:
+            if m.error():
+                log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
+                continue
+            try:
+                headers, sample = self._validate(m)
+            except Rejected as rej:
+                self._dead_letter(m, rej)
+                continue
+            valid.append((m, headers, sample))
+        if valid:
+            self.metrics.batch_size.observe(len(valid))
+            t0 = time.perf_counter()
+            probs, activation = self.model.predict(np.stack([s for _, _, s in valid]))
+            decision = self.model.decide(probs)
+            self.metrics.predict_seconds.observe(time.perf_counter() - t0)
+            for i, (m, headers, _) in enumerate(valid):
+                result = self._result(headers, decision, i, received)
+                if decision.answered[i] or self.route.out_topic is None:
+                    self._answer(result, headers.get(codec.REPLY_TO), received)
+                    self.metrics.exit(result["exit"])
+                    self.metrics.record("answered")
+                else:
+                    self._forward(m, headers, activation[i], result, received)
+                    self.metrics.record("forwarded")
+        self._flush()
+        self._commit(msgs)
+
+    def _validate(self, m: Any) -> tuple[dict[str, str], np.ndarray]:
+        value = m.value()
+        size = len(value) if value is not None else 0
+        if size > self.ws.max_record_bytes:
+            raise Rejected("oversized", f"record of {size} bytes exceeds worker.max_record_bytes="
+                                        f"{self.ws.max_record_bytes}")
+        try:
+            headers = codec.parse_headers(m.headers())
+        except CodecError as exc:
+            raise Rejected("headers", str(exc)) from None
+        if not headers.get(codec.REQUEST_ID):
+            raise Rejected("missing_header", f"missing header {codec.REQUEST_ID}")
+        try:
+            codec.header_int(headers, codec.ORIGIN_TS)
+            codec.header_int(headers, codec.DEADLINE)
+        except CodecError as exc:
+            raise Rejected("headers", str(exc)) from None
+        if not self.route.is_entry:
+            version = headers.get(codec.VERSION)
+            if not version:
+                raise Rejected("missing_header", f"missing header {codec.VERSION} on an activation record")
+            if version != self.version:
+                raise Rejected("version", f"activations of model version {version} reached the {self.tier} "
+                                          f"worker of version {self.version}; versions are never mixed")
+        try:
+            if self.route.is_entry:
+                sample = codec.decode_input(value, headers.get(codec.CONTENT_TYPE), self.model.input_shape,
+                                            self.model.input_dtype)
+            else:
+                sample = codec.conform(codec.decode_tensor(value), self.model.input_shape, "float32")
+        except CodecError as exc:
+            raise Rejected("decode", str(exc)) from None
+        return headers, sample
+
+    def _result(self, headers: dict[str, str], decision: Any, i: int, received: int) -> dict[str, Any]:
+        label = int(decision.label[i])
+        return {"request_id": headers[codec.REQUEST_ID], "label": label,
+                "class_name": self.model.class_name(label), "confidence": float(decision.confidence[i]),
+                "exit": int(decision.exit_id[i]), "tier": self.tier, "model_version": self.version,
+                "tier_latency_ms": None, "latency_ms": None, "degraded": False,
+                "_origin_ts": codec.header_int(headers, codec.ORIGIN_TS)}
+
+    # ---- outputs ------------------------------------------------------------------------------------
+
+    def _producer(self, bootstrap: str) -> Any:
+        if bootstrap not in self._producers:
+            from confluent_kafka import Producer
+
+            self._producers[bootstrap] = Producer(producer_config(self.settings, bootstrap,
+                                                                  **{"client.id": f"{self.tier}-{self.version}"}))
+        return self._producers[bootstrap]
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _send(self, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
+              headers: list[tuple[str, bytes]]) -> None:
+        producer = self._producer(bootstrap)
+        self.metrics.sent(topic, len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers))
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.1)
+
+    def _answer(self, result: dict[str, Any], reply_to: str | None, received: int) -> None:
+        now = codec.now_ms()
+        origin = result.pop("_origin_ts", None)
+        result["tier_latency_ms"] = now - received
+        result["latency_ms"] = (now - origin) if origin is not None else None
+        self.metrics.tier_latency.observe((now - received) / 1000)
+        if origin is not None:
+            self.metrics.e2e_latency.observe(max(now - origin, 0) / 1000)
+        rid = result["request_id"]
+        headers = codec.make_headers(rid, model=self.model.model_name, version=self.version,
+                                     content_type=codec.JSON, tf_source_tier=self.tier)
+        body = codec.encode_result(result)
+        bootstrap = self.settings.kafka.bootstrap
+        self._send(bootstrap, self._results_topic, rid, body, headers)
+        if reply_to and reply_to != self._results_topic:
+            self._send(bootstrap, reply_to, rid, body, headers)
+
+    def _forward(self, m: Any, headers: dict[str, str], activation: np.ndarray, result: dict[str, Any],
+                 received: int) -> None:
+        rid = headers[codec.REQUEST_ID]
+        origin = result["_origin_ts"]
+        if origin is None:
+            origin = m.timestamp()[1] if m.timestamp()[1] > 0 else received
+            result["_origin_ts"] = origin
+        deadline = codec.header_int(headers, codec.DEADLINE) or origin + self.ws.default_deadline_ms
+        out_headers = codec.make_headers(
+            rid, model=headers.get(codec.MODEL, self.model.model_name), version=self.version, origin_ts=origin,
+            deadline=deadline, reply_to=headers.get(codec.REPLY_TO), content_type=codec.TENSOR,
+            tf_source_tier=self.tier)
+        value = codec.encode_tensor(activation, dtype=self.ws.activation_dtype)
+        self._send(self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
+                   out_headers)
+        degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
+        self._pending[rid] = Pending(rid, degrade_at, result, headers.get(codec.REPLY_TO), origin, received)
+        heapq.heappush(self._deadlines, (degrade_at, rid))
+        self.metrics.pending.set(len(self._pending))
+
+    def _dead_letter(self, m: Any, rej: Rejected) -> None:
+        self.metrics.dead_letter(rej.kind)
+        log.warning("dead letter", extra={"tier": self.tier, "reason": rej.reason, "topic": m.topic(),
+                                          "partition": m.partition(), "offset": m.offset()})
+        headers = list(m.headers() or [])
+        headers += [(codec.ERROR, rej.reason.encode()), ("tf-error-kind", rej.kind.encode()),
+                    (codec.SOURCE_TIER, self.tier.encode()),
+                    ("tf-dlq-origin", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
+        self._send(self.settings.kafka.bootstrap, self._dlq_topic, m.key(), m.value(), headers)
+
+    def _flush(self) -> None:
+        for bootstrap, p in self._producers.items():
+            left = p.flush(30)
+            if left:
+                raise WorkerError(f"{left} records not acknowledged by {bootstrap} within 30 s")
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise WorkerError(f"broker rejected {len(errors)} records, e.g. {errors[0]}; not committing")
+
+    def _commit(self, msgs: list) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            if not m.error():
+                key = (m.topic(), m.partition())
+                last[key] = max(last.get(key, -1), m.offset())
+        if not last:
+            return
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
+                                  asynchronous=False)
+        except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads them
+            log.warning("commit failed", extra={"tier": self.tier, "error": str(exc)})
+
+    # ---- deadline fallback --------------------------------------------------------------------------
+
+    def _watch_results(self) -> None:
+        if self._watcher is None:
+            return
+        msgs = self._watcher.consume(1000, timeout=0)
+        if not self._pending:
+            return
+        for m in msgs:
+            if m.error():
+                continue
+            key = m.key()
+            rid = key.decode(errors="replace") if key else None
+            if rid is None:
+                rid = dict(m.headers() or []).get(codec.REQUEST_ID, b"").decode(errors="replace")
+            self._pending.pop(rid, None)
+        self.metrics.pending.set(len(self._pending))
+
+    def _expire_pending(self) -> None:
+        now = codec.now_ms()
+        published = False
+        while self._deadlines and self._deadlines[0][0] <= now:
+            degrade_at, rid = heapq.heappop(self._deadlines)
+            p = self._pending.get(rid)
+            if p is None or p.degrade_at != degrade_at:
+                continue
+            del self._pending[rid]
+            result = dict(p.result, degraded=True)
+            self._answer(result, p.reply_to, p.received_ts)
+            self.metrics.degraded.inc()
+            self.metrics.exit(result["exit"])
+            published = True
+        if published:
+            log.info("degraded answers published", extra={"tier": self.tier, "pending": len(self._pending)})
+            self.metrics.pending.set(len(self._pending))
+            self._flush()
+
+
+def serve(settings: Settings, tier: str, model_uri: str, http_port: int | None = None) -> None:
+    """Load the tier and run its worker until SIGTERM (the `tierflow worker` command)."""
+    from ml.bundle import load_tier
+
+    model = load_tier(model_uri, tier)
+    TierWorker(settings, model, http_port=http_port).run()
