@@ -1,5 +1,95 @@
-"""CLI commands of this layer."""
+"""`tierflow stack up|down|status`: the embedded local stack (broker, S3, MLflow, Airflow) on loopback."""
+
+from __future__ import annotations
+
+import time
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _services(only: str | None) -> list[str] | None:
+    return [s.strip() for s in only.split(",") if s.strip()] if only else None
+
+
+@app.command()
+def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: broker,s3,mlflow,airflow "
+                                                     "(what they need is started too)."),
+       ) -> None:
+    """Start the services and wait until each is healthy; they keep running after this command."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from infra.local.process import StackError
+    from infra.local.stack import LocalStack, load_settings
+
+    console = Console()
+    stack = LocalStack(load_settings())
+    tasks: dict[str, int] = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        def on_event(service: str, message: str) -> None:
+            if service not in tasks:
+                tasks[service] = progress.add_task(f"{service}: {message}", total=1)
+            done = message.startswith(("healthy", "already"))
+            progress.update(tasks[service], description=f"{service}: {message}", completed=1 if done else 0)
+            if done:
+                progress.stop_task(tasks[service])
+
+        try:
+            settings = stack.up(_services(only), on_event=on_event)
+        except StackError as exc:
+            console.print(f"[red]stack up failed:[/red] {exc}")
+            console.print("Services that did start keep running; `tierflow stack down` stops them.")
+            raise typer.Exit(1) from exc
+    _print_status(stack)
+    if "airflow" in stack.states():
+        console.print(f"Airflow login: {settings.airflow.username} / password in {stack.paths.env_file}")
+
+
+@app.command()
+def down(only: str = typer.Option(None, "--only", help="Comma-separated subset to stop (default: all).")) -> None:
+    """Stop the services (whole process groups, so nothing is left running)."""
+    from rich.console import Console
+
+    from infra.local.stack import LocalStack, load_settings
+
+    console = Console()
+    stack = LocalStack(load_settings())
+    started = time.monotonic()
+    with console.status("stopping") as status:
+        stopped = stack.down(_services(only), on_event=lambda s, m: status.update(f"{s}: {m}"))
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'} ({time.monotonic() - started:.1f}s)")
+
+
+@app.command()
+def status() -> None:
+    """Show each service: running, healthy, URL, pid, ports, log file. Exit code 1 if one is unhealthy."""
+    from infra.local.stack import LocalStack, load_settings
+
+    stack = LocalStack(load_settings())
+    rows = _print_status(stack)
+    if any(r["running"] and not r["healthy"] for r in rows.values()):
+        raise typer.Exit(1)
+
+
+def _print_status(stack) -> dict[str, dict[str, object]]:  # noqa: ANN001 - LocalStack, imported lazily
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = stack.status()
+    table = Table(title=f"tierflow stack ({stack.paths.root})")
+    for col in ("service", "state", "url", "pid", "ports", "log"):
+        table.add_column(col)
+    for name, row in rows.items():
+        if not row["running"]:
+            state = "[dim]stopped[/dim]"
+        elif row["healthy"]:
+            state = f"[green]healthy[/green] {row['uptime_s']:.0f}s"
+        else:
+            state = "[red]unhealthy[/red]"
+        ports = ",".join(str(p) for p in row["ports"].values()) if row["ports"] else ""
+        table.add_row(name, state, str(row["url"]), str(row["pid"] or ""), ports, str(row["log"]))
+    Console().print(table)
+    return rows

@@ -1,0 +1,163 @@
+"""Detached service processes: start in their own process group, wait until healthy, stop the group.
+
+Every service of the local stack runs as the leader of a new session (`start_new_session=True`, i.e.
+`setsid`), so stopping it is `killpg(pgid, SIGTERM)` then SIGKILL: children (Airflow's scheduler,
+API server, task processes; MLflow's workers) go with it and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A service could not start, is unhealthy or is misconfigured; the message says what to do."""
+
+
+@dataclass
+class ServiceState:
+    """What `stack down`/`status` need to find a running service again (saved in state.json)."""
+
+    name: str
+    pid: int  # also the process group id (session leader)
+    started_at: float
+    log: str
+    ports: dict[str, int] = field(default_factory=dict)
+    url: str = ""
+    cmdline_hint: str = ""  # a word of argv[0]; guards against a recycled pid
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free a moment ago (the caller checks again right before the start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
+        return True
+    return False
+
+
+def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+    """HTTP status of a GET, or None if nothing answers (an error status still means "alive")."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URLs
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return None
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start argv as a session leader writing stdout+stderr to log_path (appended)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise StackError(f"{name}: cannot run {argv[0]!r} ({exc}); is the venv installed (`make install`)?"
+                             ) from exc
+
+
+def log_tail(path: Path | str, limit: int = 3000) -> str:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - limit))
+        return f.read().decode(errors="replace")
+    return ""
+
+
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes] | None, timeout_s: float,
+               what: str, log_path: Path) -> None:
+    """Poll check() until it holds; fail fast if the process died, with the log tail in the message."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}; log {log_path}:\n{log_tail(log_path)}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise StackError(f"{what} not healthy after {timeout_s:.0f}s; log {log_path}:\n{log_tail(log_path)}")
+
+
+def alive(state: ServiceState) -> bool:
+    """The recorded process still exists and is the one we started (not a recycled pid or a zombie)."""
+    try:
+        stat = Path(f"/proc/{state.pid}/stat").read_text()
+        cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return not state.cmdline_hint or state.cmdline_hint in cmdline
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left (their parent has not reaped them yet) count as stopped.
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 15.0) -> None:
+    """SIGTERM the whole process group, SIGKILL what is left after timeout_s; idempotent."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reap our own child so it does not linger as a zombie
+            if not group_alive(pgid):
+                return
+            time.sleep(0.1)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(2)
+
+
+def read_state(path: Path) -> dict[str, ServiceState]:
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StackError(f"stack state {path} is unreadable ({exc}); stop leftovers by hand and delete it"
+                         ) from exc
+    return {name: ServiceState(**entry) for name, entry in raw.items()}
+
+
+def write_state(path: Path, states: dict[str, ServiceState]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({n: asdict(s) for n, s in states.items()}, indent=2))
+    tmp.replace(path)
