@@ -1,0 +1,89 @@
+"""Train → calibrate → gate → register → deploy, scheduled on the dataset Asset or triggered by hand.
+
+Thin on purpose: parameters and their validation live in plugins.pipeline.params, the ML steps in
+plugins.pipeline.ml_steps (run by the ML environment's interpreter, never the scheduler's), the rollout
+in plugins.pipeline.deploy. Nothing heavy is imported when the scheduler parses this file.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from plugins.pipeline.common import PIPELINE_DAG, dataset_asset, ml_python
+from plugins.pipeline.params import PARAM_SPECS
+
+ML_PYTHON = ml_python()
+
+
+@dag(
+    dag_id=PIPELINE_DAG,
+    schedule=[dataset_asset()],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["tierflow"],
+    default_args={"retries": 0},
+    params={name: Param(default, description=desc, **schema)
+            for name, (default, schema, desc) in PARAM_SPECS.items()},
+    doc_md=__doc__,
+)
+def tierflow_pipeline():
+    @task
+    def validate_params(params=None) -> dict:
+        """Fail fast, before any training, with one message listing every wrong parameter."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from plugins.pipeline.params import ParamError, validate
+
+        try:
+            return validate(dict(params or {})).to_dict()
+        except ParamError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    @task
+    def resolve_dataset(cfg: dict, triggering_asset_events=None) -> str:
+        """The dataset version to train on: the parameter, the Asset event that triggered us, or the newest."""
+        from plugins.pipeline.datasets import resolve_dataset_uri
+
+        return resolve_dataset_uri(cfg.get("dataset", ""), triggering_asset_events)
+
+    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    def train_calibrate_partition(cfg: dict, dataset_uri: str) -> dict:
+        from plugins.pipeline.ml_steps import train_calibrate_partition
+        from runtime.settings import get_settings
+
+        return train_calibrate_partition(cfg, dataset_uri, str(get_settings().home / "bundles"))
+
+    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    def gate(cfg: dict, trained: dict) -> dict:
+        from plugins.pipeline.ml_steps import gate_step
+
+        return gate_step(cfg, trained)
+
+    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    def register(trained: dict, verdict: dict) -> dict:
+        from plugins.pipeline.ml_steps import register_step
+
+        return register_step(trained)
+
+    @task
+    def deploy(cfg: dict, trained: dict, registered: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from plugins.pipeline.deploy import deploy as run_deploy
+        from runtime.settings import get_settings
+
+        outcome = run_deploy(get_settings(), cfg, registered["version"], trained["tiers"], trained["test_accuracy"])
+        if outcome.rolled_back:
+            raise AirflowFailException(f"v{outcome.version} rolled back, champion unchanged: "
+                                       + "; ".join(outcome.problems))
+        return outcome.as_dict()
+
+    cfg = validate_params()
+    trained = train_calibrate_partition(cfg, resolve_dataset(cfg))
+    verdict = gate(cfg, trained)
+    deploy(cfg, trained, register(trained, verdict))
+
+
+pipeline_dag = tierflow_pipeline()

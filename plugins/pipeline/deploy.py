@@ -1,0 +1,155 @@
+"""The deploy step: build a Release from registered tier models, roll it out, canary, promote or roll back.
+
+Runs in the orchestrator environment (no TensorFlow): the backend launches the tier workers, the canary
+talks Kafka through the runtime's device client, aliases are set through MLflow's REST API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from plugins.rollout.base import Release, RolloutBackend, TierSpec
+from plugins.rollout.procedure import CanaryPolicy, CanaryReport, RolloutOutcome, rollout
+
+CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different from the gate's subset
+
+
+def registered_model_name(app: str, tier: str) -> str:
+    return f"{app}-{tier}"
+
+
+def make_release(app: str, version: str, tiers: list[str], *, backend: str, http_port: int = 9100,
+                 replicas: int = 1) -> Release:
+    """One TierSpec per tier (edge first) serving models:/APP-tier/VERSION; local workers pick free ports."""
+    port = 0 if backend == "local" else http_port
+    return Release(app, str(version), tuple(
+        TierSpec(tier=t, model_uri=f"models:/{registered_model_name(app, t)}/{version}", http_port=port,
+                 replicas=replicas) for t in tiers))
+
+
+def make_backend(kind: str, settings: Any) -> RolloutBackend:
+    if kind == "local":
+        from plugins.rollout.local import LocalProcessBackend
+
+        return LocalProcessBackend.from_settings(settings)
+    if kind == "kubernetes":
+        from plugins.rollout.kubernetes import KubernetesRolloutBackend
+
+        return KubernetesRolloutBackend(settings=settings)
+    raise ValueError(f"unknown rollout backend {kind!r}; use 'local' or 'kubernetes'")
+
+
+# -- MLflow aliases over REST (the orchestrator never imports mlflow) ---------------------------------
+def _mlflow_call(tracking_uri: str, method: str, path: str, body: dict | None = None,
+                 query: dict | None = None) -> dict:
+    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - configured MLflow URL
+        return json.loads(resp.read() or b"{}")
+
+
+def alias_version(tracking_uri: str, model: str, alias: str) -> str | None:
+    """Version behind models:/model@alias, or None if the alias (or the model) does not exist."""
+    try:
+        out = _mlflow_call(tracking_uri, "GET", "registered-models/alias", query={"name": model, "alias": alias})
+    except urllib.error.HTTPError as exc:
+        if exc.code in (400, 404):
+            return None
+        raise
+    return str(out["model_version"]["version"])
+
+
+def set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
+    _mlflow_call(tracking_uri, "POST", "registered-models/alias",
+                 {"name": model, "alias": alias, "version": str(version)})
+
+
+def promote_release(tracking_uri: str, app: str, tiers: list[str], version: str) -> None:
+    """Alias `champion` on every tier model (and the full model, if registered) of this version."""
+    for t in [*tiers, "full"]:
+        try:
+            set_alias(tracking_uri, registered_model_name(app, t), "champion", version)
+        except urllib.error.HTTPError:
+            if t != "full":
+                raise
+
+
+# -- canary ------------------------------------------------------------------------------------------
+def canary_samples(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from ml.datasets import load_fashion_mnist  # NumPy only
+
+    test = load_fashion_mnist("test").subset(n, seed=CANARY_SEED)
+    return test.x, test.y
+
+
+def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *, timeout_s: float = 60.0,
+               rate: float = 100.0) -> CanaryReport:
+    """Send labeled requests to APP.requests; judge the answers the new version gave (by model_version)."""
+    from runtime.client import DeviceClient
+
+    prefix = f"canary-{release.version}-{uuid.uuid4().hex[:6]}"
+    ids = [f"{prefix}-{i}" for i in range(len(x))]
+    with DeviceClient(settings) as client:
+        start = time.monotonic()
+        for i, rid in enumerate(ids):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            client.send(rid, x[i])
+        client.wait_all(timeout_s)
+        answers = dict(client.answers)
+        sent_ms = dict(client.sent_ms)
+    by_version: Counter[str] = Counter()
+    by_tier: Counter[str] = Counter()
+    latencies, new_answers, new_correct, degraded = [], 0, 0, 0
+    for i, rid in enumerate(ids):
+        ans = answers.get(rid)
+        if ans is None:
+            continue
+        r = ans.result
+        version = str(r.get("model_version"))
+        by_version[version] += 1
+        degraded += bool(r.get("degraded"))
+        if version == release.version:
+            by_tier[str(r.get("tier"))] += 1
+            new_answers += 1
+            new_correct += int(r["label"]) == int(y[i])
+            latencies.append(ans.received_ms - sent_ms[rid])
+    p95 = float(np.percentile(latencies, 95)) if latencies else float("nan")
+    return CanaryReport(sent=len(ids), answered=len(answers), new_version_answers=new_answers,
+                        new_version_correct=new_correct, p95_latency_ms=p95, degraded=degraded,
+                        answers_by_version=dict(by_version), answers_by_tier=dict(by_tier))
+
+
+def deploy(settings: Any, cfg: dict[str, Any], version: str, tiers: list[str], offline_accuracy: float, *,
+           backend: RolloutBackend | None = None, log: Callable[[str], None] = print,
+           promote: Callable[[str], None] | None = None) -> RolloutOutcome:
+    """Roll out `version` (all tiers registered from one run) and promote it if the canary passes."""
+    backend = backend or make_backend(cfg["backend"], settings)
+    release = make_release(settings.app, version, tiers, backend=cfg["backend"], http_port=settings.worker.http_port)
+    policy = CanaryPolicy(requests=cfg["canary_requests"],
+                          min_accuracy=max(0.0, offline_accuracy - cfg["canary_accuracy_drop"]),
+                          max_p95_latency_ms=cfg["canary_max_p95_ms"],
+                          min_new_version_answers=min(10, max(1, cfg["canary_requests"] // 10)))
+    canary = None
+    if cfg["canary_requests"] > 0:
+        x, y = canary_samples(cfg["canary_requests"])
+        canary = lambda rel: run_canary(settings, rel, x, y)  # noqa: E731
+    drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
+    return rollout(
+        backend, release, canary=canary, policy=policy,
+        promote=promote or (lambda v: promote_release(settings.mlflow.tracking_uri, settings.app, tiers, v)),
+        drain=lambda v, t: time.sleep(drain_s), log=log)

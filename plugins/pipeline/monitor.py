@@ -1,0 +1,145 @@
+"""Live model health: accuracy from APP.feedback joined with APP.results, and exit-rate drift.
+
+`live_stats` and `retrain_reasons` are pure (unit-tested). `read_window` is the Kafka edge: it reads
+both topics from the monitor's committed offsets (so each run sees only what is new), keeps results
+that still wait for their ground truth in a small state file, and commits after the state is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PENDING_LIMIT = 50_000  # results kept while waiting for feedback (oldest dropped first)
+
+
+@dataclass(frozen=True)
+class MonitorBounds:
+    min_accuracy: float = 0.6  # live accuracy below this triggers retraining
+    max_exit_drift: float = 0.2  # total variation distance between live and expected answers per tier
+    min_samples: int = 50  # fewer joined samples than this: no accuracy verdict
+    min_results: int = 100  # fewer results than this: no drift verdict
+
+
+@dataclass
+class LiveStats:
+    results: int
+    joined: int
+    correct: int
+    tier_fractions: dict[str, float]
+    model_versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.joined if self.joined else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy": self.accuracy}
+
+
+def live_stats(results: list[dict], truths: dict[str, int]) -> LiveStats:
+    """Results (one per request id, first wins) joined with ground truth by request id."""
+    seen: dict[str, dict] = {}
+    for r in results:
+        seen.setdefault(str(r["request_id"]), r)
+    tiers = Counter(str(r.get("tier")) for r in seen.values())
+    versions = Counter(str(r.get("model_version")) for r in seen.values())
+    joined = [rid for rid in seen if rid in truths]
+    correct = sum(int(seen[rid]["label"]) == int(truths[rid]) for rid in joined)
+    n = len(seen)
+    return LiveStats(results=n, joined=len(joined), correct=correct,
+                     tier_fractions={t: c / n for t, c in tiers.items()} if n else {},
+                     model_versions=dict(versions))
+
+
+def exit_drift(live: dict[str, float], expected: dict[str, float]) -> float:
+    """Total variation distance between two answers-per-tier distributions (0 = same, 1 = disjoint)."""
+    tiers = set(live) | set(expected)
+    return 0.5 * sum(abs(live.get(t, 0.0) - expected.get(t, 0.0)) for t in tiers)
+
+
+def retrain_reasons(stats: LiveStats, expected_tiers: dict[str, float] | None, bounds: MonitorBounds) -> list[str]:
+    """Why the model should be retrained now; empty means healthy (or not enough data to say)."""
+    reasons = []
+    if stats.joined >= bounds.min_samples and stats.accuracy is not None and stats.accuracy < bounds.min_accuracy:
+        reasons.append(f"live accuracy {stats.accuracy:.3f} < {bounds.min_accuracy:.3f} "
+                       f"on {stats.joined} requests with feedback")
+    if expected_tiers and stats.results >= bounds.min_results:
+        drift = exit_drift(stats.tier_fractions, expected_tiers)
+        if drift > bounds.max_exit_drift:
+            reasons.append(f"exit-rate drift {drift:.3f} > {bounds.max_exit_drift:.3f} "
+                           f"(live {_fmt(stats.tier_fractions)}, expected {_fmt(expected_tiers)})")
+    return reasons
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(d.items())) + "}"
+
+
+# -- Kafka edge ------------------------------------------------------------------------------------
+def read_window(settings: Any, *, idle_s: float = 3.0, max_s: float = 60.0) -> tuple[list[dict], dict[str, int]]:
+    """New results and feedback since the last run (plus results still waiting for feedback)."""
+    from confluent_kafka import Consumer, KafkaError
+
+    from runtime.kafka import consumer_config, ensure_topics
+
+    topics = [settings.topic("results"), settings.topic("feedback")]
+    ensure_topics(settings, topics)
+    state_file = Path(settings.home) / "monitor" / f"{settings.app}.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"pending": [], "truths": {}}
+    consumer = Consumer(consumer_config(settings, f"{settings.app}.monitor",
+                                        **{"auto.offset.reset": "earliest"}))
+    consumer.subscribe(topics)
+    results: list[dict] = list(state["pending"])
+    truths: dict[str, int] = {k: int(v) for k, v in state["truths"].items()}
+    start = last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s and time.monotonic() - start < max_s:
+            msgs = consumer.consume(500, timeout=0.5)
+            for m in msgs:
+                if m.error():
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise RuntimeError(f"monitor cannot read {m.topic()}: {m.error()}")
+                    continue
+                last = time.monotonic()
+                try:
+                    value = json.loads(m.value())
+                except (TypeError, ValueError):
+                    continue  # not ours to judge: malformed records go to the DLQ upstream
+                if m.topic() == topics[0] and "request_id" in value:
+                    results.append(value)
+                elif m.topic() == topics[1] and "request_id" in value and "label" in value:
+                    truths[str(value["request_id"])] = int(value["label"])
+        pending = [r for r in results if str(r["request_id"]) not in truths][-PENDING_LIMIT:]
+        answered = {str(r["request_id"]) for r in results}
+        waiting_truths = {k: v for k, v in truths.items() if k not in answered}
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"pending": pending, "truths": dict(list(waiting_truths.items())[-PENDING_LIMIT:])}))
+        consumer.commit(asynchronous=False) if results or truths else None
+    finally:
+        consumer.close()
+    return results, truths
+
+
+def expected_tier_fractions(settings: Any) -> dict[str, float] | None:
+    """Answers per tier the champion had on the test split (its run's test_answers_<tier> metrics)."""
+    from plugins.pipeline.deploy import _mlflow_call, alias_version, registered_model_name
+
+    uri = settings.mlflow.tracking_uri
+    version = None
+    for tier in ("edge", "cloud"):
+        version = alias_version(uri, registered_model_name(settings.app, tier), "champion")
+        if version:
+            break
+    if not version:
+        return None
+    mv = _mlflow_call(uri, "GET", "model-versions/get",
+                      query={"name": registered_model_name(settings.app, tier), "version": version})
+    run = _mlflow_call(uri, "GET", "runs/get", query={"run_id": mv["model_version"]["run_id"]})
+    metrics = {m["key"]: m["value"] for m in run["run"]["data"].get("metrics", [])}
+    out = {k.removeprefix("test_answers_"): float(v) for k, v in metrics.items() if k.startswith("test_answers_")}
+    return out or None
