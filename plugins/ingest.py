@@ -1,0 +1,434 @@
+"""Ingest: the training topic (APP.training) -> dataset shards in S3 + a manifest (the dataset version).
+
+Exactly once, across crashes, without transactions:
+
+1. Records are grouped per partition into offset *blocks* of `shard_records` offsets (block = offset //
+   shard_records), so shard boundaries do not depend on timing. A block's good records become one
+   shard (`ml.shards` NPZ format) named by topic/partition/first-last offset (`ml.shards.shard_key`):
+   a re-run of the same range writes the same key.
+2. The shard is uploaded, malformed records of the block are flushed to APP.dlq (with `tf-error`),
+   and only then the partition's offset is committed (synchronously).
+3. At the end the manifest is built from the S3 listing, not from this run's memory, so shards of a run
+   that crashed after uploading still count. Overlapping shards (a crashed run's partial block and the
+   re-run's full block) are resolved newest-upload-first: a shard is taken only if it overlaps no
+   newer one. A re-run restarts at the last commit, so its shards cover everything after it, and
+   nothing is listed twice; records beyond the commit are read again by the next run, so nothing is
+   skipped.
+
+A run that adds nothing writes no new manifest. Dataset versions are UTC timestamps (sortable):
+`s3://<bucket>/<ingest.prefix>/<app>/versions/<version>/manifest.json`.
+
+The DLQ is at-least-once: a crash between a DLQ send and the commit repeats that send on the re-run
+(each DLQ record carries `tf-source-partition`/`tf-source-offset` to de-duplicate on).
+
+Entry points: `ingest(settings) -> IngestResult` (Airflow task, `result.as_dict()` is its XCom) and
+`python -m plugins.ingest` (prints the result as JSON). No heavy import at module top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE_TOPIC = "tf-source-topic"
+SOURCE_PARTITION = "tf-source-partition"
+SOURCE_OFFSET = "tf-source-offset"
+WRITTEN_MS = "tf-written-ms"  # S3 user metadata of a shard: upload time, orders overlapping shards
+
+
+@dataclass
+class IngestResult:
+    app: str
+    topic: str
+    version: str | None  # the new dataset version, None if this run added nothing
+    manifest_uri: str | None  # s3://... of the new manifest (None if nothing new)
+    latest_manifest_uri: str | None  # newest manifest after this run (new or previous)
+    records: int  # samples in the newest dataset version
+    new_records: int  # good records consumed by this run
+    malformed: int  # records sent to the DLQ by this run
+    shards_written: int
+    bytes_consumed: int  # record values + keys read from Kafka by this run
+    seconds: float
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class IngestEvent:
+    """Progress of a run, for displays and logs: "uploaded", "committed", "dlq", "manifest"."""
+
+    kind: str
+    partition: int | None = None
+    first_offset: int | None = None
+    last_offset: int | None = None
+    key: str | None = None
+    consumed: int = 0
+    malformed: int = 0
+
+
+@dataclass
+class _Block:
+    """Records of one partition's offset block waiting for their shard upload and commit."""
+
+    block: int
+    xs: list[np.ndarray] = field(default_factory=list)
+    ys: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    last_seen: int = -1  # last offset consumed (good or malformed): the commit is last_seen + 1
+
+
+class Layout:
+    """Object keys of one application's datasets."""
+
+    def __init__(self, prefix: str, app: str):
+        self.root = f"{prefix.strip('/')}/{app}"
+
+    @property
+    def shards(self) -> str:
+        return f"{self.root}/shards"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.root}/versions/"
+
+    def manifest(self, version: str) -> str:
+        return f"{self.versions}{version}/manifest.json"
+
+
+def new_version() -> str:
+    """UTC timestamp with milliseconds: sortable, readable, unique for one ingest at a time."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}Z"
+
+
+def parse_shard_key(key: str) -> tuple[int, int, int] | None:
+    """(partition, first_offset, last_offset) of a `ml.shards.shard_key` name, None if not one."""
+    parts = key.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1].startswith("p") or not parts[2].endswith(".npz"):
+        return None
+    try:
+        first, last = parts[2][:-4].split("-")
+        return int(parts[1][1:]), int(first), int(last)
+    except ValueError:
+        return None
+
+
+def select_shards(candidates: Sequence[tuple[str, int, int, int, int]]) -> list[tuple[str, int, int, int, int]]:
+    """Pick non-overlapping shards, newest upload first: (key, partition, first, last, written_ms).
+
+    Pure function: the exactly-once argument of the module docstring lives here.
+    """
+    taken: dict[int, list[tuple[int, int]]] = {}
+    chosen = []
+    for cand in sorted(candidates, key=lambda c: (-c[4], -(c[3] - c[2]), c[0])):
+        _, partition, first, last, _ = cand
+        ranges = taken.setdefault(partition, [])
+        if any(first <= b and a <= last for a, b in ranges):
+            continue
+        ranges.append((first, last))
+        chosen.append(cand)
+    return sorted(chosen, key=lambda c: (c[1], c[2]))
+
+
+def latest_manifest(store: Any, layout: Layout) -> tuple[str | None, Any]:
+    """(key, ShardManifest) of the newest dataset version, or (None, None)."""
+    from ml.shards import parse_manifest
+
+    keys = sorted(k for k in store.keys(layout.versions) if k.endswith("/manifest.json"))
+    if not keys:
+        return None, None
+    return keys[-1], parse_manifest(store.get_bytes(keys[-1]))
+
+
+def _default_classes() -> list[str]:
+    from ml.datasets import FASHION_MNIST_CLASSES
+
+    return list(FASHION_MNIST_CLASSES)
+
+
+class _Run:
+    """One ingest run's state; `ingest()` below is the public entry point."""
+
+    def __init__(self, settings: Any, class_names: list[str] | None, shape: Sequence[int] | None,
+                 dtype: str | None, on_event: Callable[[IngestEvent], None] | None):
+        from plugins.hooks.s3 import DatasetStore
+
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.topic = settings.topic("training")
+        self.dlq_topic = settings.topic("dlq")
+        self.store = DatasetStore.from_settings(settings)
+        self.layout = Layout(self.cfg.prefix, settings.app)
+        self.prev_key, self.prev = latest_manifest(self.store, self.layout)
+        self.class_names = list(class_names or (self.prev.class_names if self.prev else _default_classes()))
+        if self.prev and class_names and list(class_names) != self.prev.class_names:
+            raise ValueError(f"class_names {class_names} differ from the dataset's {self.prev.class_names}; "
+                             "use another app name for a different label set")
+        if shape is None and self.prev is not None:
+            shape, dtype = self.prev.sample.shape, self.prev.sample.dtype
+        self.shape = [int(d) for d in shape] if shape is not None else None
+        self.dtype = str(np.dtype(dtype)) if dtype is not None else None
+        if (self.shape is None) != (self.dtype is None):
+            raise ValueError("give both sample shape and dtype, or neither (then the first record decides)")
+        self.on_event = on_event or (lambda _e: None)
+        self.blocks: dict[int, _Block] = {}
+        self.written: dict[str, tuple[int, int, int, int, Any]] = {}  # key -> (p, first, last, ms, entry)
+        self.consumed = self.good = self.malformed = self.bytes = 0
+        self.class_counts = np.zeros(len(self.class_names), dtype=np.int64)
+
+    # -- decoding --------------------------------------------------------------------------------
+    def decode(self, msg: Any) -> tuple[np.ndarray, int]:
+        """(sample, class id) of a training record, or CodecError/ValueError with the DLQ reason."""
+        from ml.shards import encode_labels
+        from runtime import codec
+
+        headers = codec.parse_headers(msg.headers())
+        label = headers.get(codec.LABEL)
+        if label is None or label == "":
+            raise codec.CodecError(f"missing {codec.LABEL} header (training samples need a label)")
+        y = int(encode_labels([label], self.class_names)[0])
+        ctype = headers.get(codec.CONTENT_TYPE)
+        if self.shape is None:
+            if ctype not in (None, "", codec.TENSOR):
+                raise codec.CodecError(f"{ctype} sample before the sample shape is known; send tensors first "
+                                       "or give the shape")
+            x = codec.decode_tensor(msg.value())
+            self.shape, self.dtype = list(x.shape), str(x.dtype)
+            log.info("sample spec from the first record: shape %s dtype %s", self.shape, self.dtype)
+            return x, y
+        try:
+            x = codec.decode_input(msg.value(), ctype, self.shape, self.dtype)
+        except codec.CodecError as exc:
+            raise codec.CodecError(f"{exc} (dataset samples are {self.shape} {self.dtype})") from exc
+        return x, y
+
+    # -- per record ------------------------------------------------------------------------------
+    def take(self, msg: Any, producer: Any) -> None:
+        from runtime import codec
+
+        partition, offset = msg.partition(), msg.offset()
+        self.consumed += 1
+        self.bytes += len(msg.value() or b"") + len(msg.key() or b"")
+        block_id = offset // self.cfg.shard_records
+        block = self.blocks.get(partition)
+        if block is not None and block.block != block_id:
+            self.flush([partition], producer)  # the previous block is complete: upload + commit it first
+            block = None
+        if block is None:
+            block = self.blocks[partition] = _Block(block_id)
+        block.last_seen = offset
+        try:
+            x, y = self.decode(msg)
+        except (codec.CodecError, ValueError) as exc:
+            self.malformed += 1
+            headers = [*(msg.headers() or []), (codec.ERROR, str(exc)[:500].encode()),
+                       (SOURCE_TOPIC, msg.topic().encode()), (SOURCE_PARTITION, str(partition).encode()),
+                       (SOURCE_OFFSET, str(offset).encode())]
+            producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
+            producer.poll(0)
+            return
+        block.xs.append(x)
+        block.ys.append(y)
+        block.offsets.append(offset)
+        self.good += 1
+        self.class_counts[y] += 1
+
+    # -- upload, then DLQ flush, then commit -----------------------------------------------------
+    def flush(self, partitions: list[int], producer: Any) -> None:
+        from confluent_kafka import TopicPartition
+
+        from ml.shards import ShardSource, shard_key, write_shard
+
+        commits = []
+        for partition in sorted(set(partitions)):
+            block = self.blocks.pop(partition, None)
+            if block is None:
+                continue
+            if block.xs:
+                first, last = block.offsets[0], block.offsets[-1]
+                key = shard_key(self.topic, partition, first, last, prefix=self.layout.shards)
+                data, entry = write_shard(np.stack(block.xs), np.asarray(block.ys, dtype=np.int64), key,
+                                          source=ShardSource(topic=self.topic, partition=partition,
+                                                             first_offset=first, last_offset=last))
+                written_ms = int(time.time() * 1000)
+                self.store.put_bytes(key, data, metadata={"count": str(entry.count), "sha256": entry.sha256,
+                                                          WRITTEN_MS: str(written_ms)})
+                self.written[key] = (partition, first, last, written_ms, entry)
+                self.on_event(IngestEvent("uploaded", partition, first, last, key, self.consumed, self.malformed))
+            commits.append(TopicPartition(self.topic, partition, block.last_seen + 1))
+        if not commits:
+            return
+        remaining = producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} dead-letter records not delivered to {self.dlq_topic}; not committing")
+        self.consumer.commit(offsets=commits, asynchronous=False)
+        for tp in commits:
+            self.on_event(IngestEvent("committed", tp.partition, None, tp.offset - 1, None, self.consumed,
+                                      self.malformed))
+
+    # -- the manifest ------------------------------------------------------------------------------
+    def build_manifest(self) -> tuple[str | None, Any]:
+        from ml.shards import ShardEntry, ShardSource, new_manifest
+
+        prev_entries = {e.key: e for e in (self.prev.shards if self.prev else [])}
+        candidates, entries = [], {}
+        for key in self.store.keys(f"{self.layout.shards}/{self.topic}/"):
+            parsed = parse_shard_key(key)
+            if parsed is None:
+                continue
+            if key in self.written:
+                p, first, last, ms, entry = self.written[key]
+            else:
+                meta = self.store.head(key) or {}
+                if "count" not in meta or "sha256" not in meta:
+                    log.warning("ignoring %s: no count/sha256 metadata (not written by ingest)", key)
+                    continue
+                p, first, last = parsed
+                ms = int(meta.get(WRITTEN_MS, "0"))
+                entry = ShardEntry(key=key, count=int(meta["count"]), sha256=meta["sha256"],
+                                   source=ShardSource(topic=self.topic, partition=p, first_offset=first,
+                                                      last_offset=last))
+            candidates.append((key, p, first, last, ms))
+            entries[key] = entry
+        chosen = [entries[c[0]] for c in select_shards(candidates)]
+        if self.shape is None or not chosen:
+            return None, None
+        unchanged = self.prev is not None and [(e.key, e.sha256) for e in chosen] == [
+            (e.key, e.sha256) for e in self.prev.shards]
+        if unchanged:
+            return None, None
+        version = new_version()
+        manifest = new_manifest(self.settings.app, version, self.class_names, self.shape, self.dtype, metadata={
+            "topic": self.topic, "group_id": self.group_id, "previous_version": self.prev.version if self.prev else None,
+            "shard_records": self.cfg.shard_records, "ingested_by_run": self.good,
+            "replaced_shards": sorted(set(prev_entries) - {e.key for e in chosen}),
+        })
+        manifest.shards = chosen
+        key = self.layout.manifest(version)
+        self.store.put_bytes(key, manifest.to_bytes(), content_type="application/json")
+        self.on_event(IngestEvent("manifest", key=key, consumed=self.consumed, malformed=self.malformed))
+        return key, manifest
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.cfg.group_id}.{self.settings.app}"
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, max_records: int, idle_timeout_s: float) -> IngestResult:
+        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+        from runtime.kafka import consumer_config, ensure_topics, producer_config
+
+        started = time.monotonic()
+        ensure_topics(self.settings, [self.topic, self.dlq_topic])
+        self.store.ensure_bucket()
+        self.consumer = Consumer(consumer_config(self.settings, self.group_id, **{"enable.partition.eof": True}))
+        producer = Producer(producer_config(self.settings))
+        assigned: set[int] = set()
+        at_eof: set[int] = set()
+
+        def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+            assigned.update(tp.partition for tp in partitions)
+
+        def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
+            # Another ingest joined: finish our blocks of the lost partitions before giving them up.
+            lost = [tp.partition for tp in partitions if tp.partition in self.blocks]
+            if lost:
+                self.flush(lost, producer)
+            for tp in partitions:
+                assigned.discard(tp.partition)
+                at_eof.discard(tp.partition)
+
+        self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke)
+        last_record = time.monotonic()
+        try:
+            while not (max_records and self.consumed >= max_records):
+                batch = self.consumer.consume(num_messages=min(1000, max_records - self.consumed)
+                                              if max_records else 1000, timeout=0.2)
+                for msg in batch:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            at_eof.add(msg.partition())
+                            continue
+                        raise KafkaException(err)
+                    at_eof.discard(msg.partition())
+                    self.take(msg, producer)
+                if batch:
+                    last_record = time.monotonic()
+                elif not assigned:
+                    last_record = time.monotonic()  # the idle clock starts once partitions are ours
+                if assigned and (assigned <= at_eof or time.monotonic() - last_record > idle_timeout_s):
+                    break
+            self.flush(list(self.blocks), producer)  # partial last blocks
+            key, manifest = self.build_manifest()
+        finally:
+            self.consumer.close()
+            producer.flush(10)
+        latest_key = key or self.prev_key
+        records = manifest.count if manifest is not None else (self.prev.count if self.prev else 0)
+        return IngestResult(
+            app=self.settings.app, topic=self.topic, version=manifest.version if manifest else None,
+            manifest_uri=self.store.uri(key) if key else None,
+            latest_manifest_uri=self.store.uri(latest_key) if latest_key else None, records=records,
+            new_records=self.good, malformed=self.malformed, shards_written=len(self.written),
+            bytes_consumed=self.bytes, seconds=time.monotonic() - started,
+            class_counts={n: int(c) for n, c in zip(self.class_names, self.class_counts, strict=True) if c})
+
+
+def ingest(settings: Any = None, *, class_names: list[str] | None = None, sample_shape: Sequence[int] | None = None,
+           sample_dtype: str | None = None, max_records: int | None = None, idle_timeout_s: float | None = None,
+           on_event: Callable[[IngestEvent], None] | None = None) -> IngestResult:
+    """Drain APP.training into a new dataset version in S3; see the module docstring.
+
+    class_names defaults to the previous version's (else Fashion-MNIST's); sample shape/dtype to the
+    previous version's, else the first good record's. `max_records`/`idle_timeout_s` default to
+    Settings.ingest. `on_event` sees every upload/commit (progress displays; tests use it to crash a
+    run between an upload and its commit).
+    """
+    from runtime.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.ingest.shard_records < 1:
+        raise ValueError(f"ingest.shard_records must be >= 1, got {settings.ingest.shard_records}")
+    run = _Run(settings, class_names, sample_shape, sample_dtype, on_event)
+    result = run.run(settings.ingest.max_records if max_records is None else max_records,
+                     settings.ingest.idle_timeout_s if idle_timeout_s is None else idle_timeout_s)
+    log.info("ingest %s: %d new records, %d malformed, %d shards, version %s (%d records, %.1f MB in %.1fs)",
+             result.topic, result.new_records, result.malformed, result.shards_written, result.version,
+             result.records, result.bytes_consumed / 1e6, result.seconds)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m plugins.ingest`: one run with Settings from the environment; JSON result on stdout,
+    one line per upload/commit on stderr."""
+    parser = argparse.ArgumentParser(prog="python -m plugins.ingest", description=main.__doc__)
+    parser.add_argument("--max-records", type=int, default=None)
+    parser.add_argument("--idle-timeout", type=float, default=None, help="seconds without records that end the run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+
+    def show(event: IngestEvent) -> None:
+        print(f"{event.kind} p={event.partition} {event.first_offset}-{event.last_offset} {event.key or ''} "
+              f"consumed={event.consumed} malformed={event.malformed}", file=sys.stderr, flush=True)
+
+    result = ingest(max_records=args.max_records, idle_timeout_s=args.idle_timeout, on_event=show)
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
