@@ -124,3 +124,65 @@ def load_fashion_mnist(split: str = "train", directory: str | Path | None = None
                                     "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)") from err
     images, labels = (_read_idx(root / f) for f in _FILES[split])
     return Dataset(images[..., None].copy(), labels.astype(np.int64), list(FASHION_MNIST_CLASSES))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def load_image_folder(root: str | Path, image_size: tuple[int, int] | None = None,
+                      color_mode: str = "rgb") -> Dataset:
+    """Images in ``root/<class name>/*.png|jpg`` (the flower_photos layout), classes sorted by name.
+
+    Without ``image_size`` every image must have the same size (else a "mixed shapes" error).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(f"{root} must contain one sub-folder per class (at least 2), found {classes}")
+    mode = {"rgb": "RGB", "grayscale": "L"}.get(color_mode)
+    if mode is None:
+        raise ValueError(f"color_mode must be 'rgb' or 'grayscale', got {color_mode!r}")
+    xs, ys, shapes = [], [], {}
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(mode)
+                    if image_size is not None:
+                        im = im.resize((image_size[1], image_size[0]))
+                    arr = np.asarray(im, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as err:
+                raise ValueError(f"cannot read image {f}: {err}") from err
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            shapes.setdefault(arr.shape, f)
+            xs.append(arr)
+            ys.append(label)
+    if not xs:
+        raise ValueError(f"the dataset is empty: no images ({sorted(IMAGE_SUFFIXES)}) under {root}/<class>/")
+    if len(shapes) > 1:
+        examples = ", ".join(f"{s} ({p.name})" for s, p in list(shapes.items())[:3])
+        raise ValueError(f"mixed shapes in {root}: {examples}; pass image_size=(H, W) to resize")
+    return Dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), classes)
+
+
+def load_dataset(spec: str | Path) -> tuple[Dataset, Dataset | None]:
+    """(train, test) from a spec: ``fashion-mnist``, a shard manifest (``*.json``) or an image folder.
+    Sources without a test split return ``None`` for it (split it off with :meth:`Dataset.split`)."""
+    s = str(spec)
+    if s in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return load_fashion_mnist("train"), load_fashion_mnist("test")
+    p = Path(s)
+    if p.is_file() and p.suffix == ".json":
+        from ml.shards import read_dataset
+
+        return read_dataset(p), None
+    if p.is_dir():
+        return load_image_folder(p), None
+    raise ValueError(f"unknown dataset {s!r}: use 'fashion-mnist', a shard manifest .json or an image folder")

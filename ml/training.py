@@ -18,7 +18,8 @@ class TrainConfig:
     seed: int = 0
     patience: int = 2  # early stopping on validation loss; 0 disables
     progress: bool = True
-    max_seconds: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    max_seconds: float | None = None  # wall-clock budget: no epoch starts that would end past it
+    cosine_decay: bool = True  # decay the learning rate to 5 % over the planned epochs
 
 
 @dataclass
@@ -38,7 +39,7 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(int(seed))
 
 
-def compile_multi_exit(model, exit_weights: Sequence[float] | None = None, learning_rate: float = 1e-3) -> list[float]:
+def compile_multi_exit(model, exit_weights: Sequence[float] | None = None, learning_rate=1e-3) -> list[float]:
     """Compile with a sparse cross-entropy per exit and the given per-exit loss weights."""
     import keras
 
@@ -83,7 +84,8 @@ def _progress_callback(epochs: int, steps: int, enabled: bool, max_seconds: floa
             if enabled and logs:
                 shown = {k: round(float(v), 4) for k, v in logs.items() if "accuracy" in k or k in ("loss", "val_loss")}
                 tqdm.write(f"epoch {epoch + 1}: {shown}")
-            if max_seconds is not None and time.monotonic() - self.t0 > max_seconds:
+            elapsed = time.monotonic() - self.t0
+            if max_seconds is not None and elapsed + elapsed / (epoch + 1) > max_seconds:
                 self.over_budget = True
                 self.model.stop_training = True
 
@@ -101,9 +103,12 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
     if len(x) == 0 or len(x_val) == 0:
         raise ValueError("training and validation sets must not be empty")
     set_seed(cfg.seed)
-    weights = compile_multi_exit(model, cfg.exit_weights, cfg.learning_rate)
     n = len(model.outputs)
     steps = int(np.ceil(len(x) / cfg.batch_size))
+    lr = cfg.learning_rate
+    if cfg.cosine_decay:
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps * cfg.epochs, alpha=0.05)
+    weights = compile_multi_exit(model, cfg.exit_weights, lr)
     progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
     callbacks = [progress]
     early = None
