@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from infra.local.cli import app as stack_app
@@ -62,6 +64,141 @@ def worker(
     except (FileNotFoundError, ValueError, KeyError) as exc:
         typer.echo(f"error: cannot serve tier {tier!r} from {model_uri!r}: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+@app.command()
+def demo(
+    train_samples: int = typer.Option(20000, help="Fashion-MNIST training samples streamed into APP.training."),
+    epochs: int = typer.Option(3, help="Training epochs (pipeline parameter)."),
+    requests: int = typer.Option(2000, help="Test requests streamed through the tiers at the end."),
+    rate: float = typer.Option(200.0, help="Requests per second of the test stream."),
+    keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack and tier workers up."),
+    stop: bool = typer.Option(False, "--stop", help="Only stop what a --keep-running demo left up."),
+) -> None:
+    """The whole pipeline end to end on the embedded stack (implemented in infra.local.demo)."""
+    from infra.local import demo as demo_mod
+
+    if stop:
+        demo_mod.stop_everything()
+        return
+    try:
+        demo_mod.run_demo(train_samples=train_samples, epochs=epochs, requests=requests, rate=rate,
+                          keep_running=keep_running)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user; details were printed above
+        typer.echo(f"error: demo failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("serve-local")
+def serve_local(
+    model_uri: str = typer.Option(..., help="Bundle directory (or models:/ URI for --cloud-only)."),
+    cloud_only: bool = typer.Option(False, "--cloud-only", help="Serve the unpartitioned model alone "
+                                                                "(tier 'full') instead of edge/fog/cloud."),
+    broker: bool = typer.Option(True, help="Start the embedded broker on TIERFLOW_KAFKA__BOOTSTRAP's port "
+                                           "unless something already listens there."),
+) -> None:
+    """Run a local deployment (one supervised worker process per tier) until Ctrl-C/SIGTERM."""
+    import signal
+    import threading
+
+    from runtime.broker import EmbeddedBroker, port_open
+    from runtime.local import CLOUD_ONLY, TIERS_3, LocalDeployment, WorkerProcessError
+    from runtime.settings import get_settings
+
+    settings = get_settings()
+    host, port = settings.kafka.bootstrap.rsplit(":", 1)
+    embedded = None
+    if broker and not port_open(host, int(port)):
+        embedded = EmbeddedBroker(host=host, port=int(port), log_path=settings.home / "logs" / "broker.log")
+        embedded.start()
+        typer.echo(f"embedded broker on {embedded.bootstrap}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    deployment = LocalDeployment(settings, model_uri, settings.home / "logs",
+                                 tiers=CLOUD_ONLY if cloud_only else TIERS_3)
+    try:
+        deployment.start()
+        for tier, w in deployment.workers.items():
+            typer.echo(f"{tier:6s} ready  pid {w.proc.pid}  http://127.0.0.1:{w.http_port}/metrics  log {w.log_path}")
+        typer.echo(f"send requests to {settings.topic('requests')} on {settings.kafka.bootstrap}; Ctrl-C stops")
+        while not stop.wait(1.0):
+            for tier in deployment.supervise_once():
+                typer.echo(f"{tier} worker exited; restarted (see {deployment[tier].log_path})", err=True)
+    except WorkerProcessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        deployment.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _fashion_mnist(split: str, n: int, offset: int):
+    from ml.datasets import load_fashion_mnist
+
+    ds = load_fashion_mnist(split)
+    if offset + n > len(ds.y):
+        raise typer.BadParameter(f"offset {offset} + n {n} exceeds the {len(ds.y)} samples of the {split} split")
+    return ds.x[offset:offset + n], ds.y[offset:offset + n]
+
+
+@app.command()
+def simulate(
+    n: int = typer.Option(1000, min=1, help="Requests to send (Fashion-MNIST test images)."),
+    rate: float = typer.Option(None, help="Open loop: requests per second."),
+    concurrency: int = typer.Option(None, help="Closed loop: requests in flight."),
+    deadline_ms: int = typer.Option(None, help="Request deadline (default TIERFLOW_WORKER__DEFAULT_DEADLINE_MS)."),
+    content_type: str = typer.Option("tensor", help="tensor, png, jpeg or json."),
+    entry_tier: str = typer.Option("edge", help="Tier whose cluster receives requests ('full' for cloud-only)."),
+    offset: int = typer.Option(0, min=0, help="First test image."),
+    out: str = typer.Option(None, help="Directory for report.json and PNG plots (default $TIERFLOW_HOME/sim/<run>)."),
+    feedback: bool = typer.Option(True, help="Publish the ground truth of every answered request to APP.feedback."),
+) -> None:
+    """Device simulator: stream test images as requests, report accuracy, answers per tier, latency."""
+    import json
+    import uuid
+
+    from runtime.client import CONTENT_TYPES, publish_feedback, save_plots
+    from runtime.client import simulate as run_simulation
+    from runtime.settings import get_settings
+
+    if (rate is None) == (concurrency is None):
+        raise typer.BadParameter("give exactly one of --rate (open loop) or --concurrency (closed loop)")
+    if content_type not in CONTENT_TYPES:
+        raise typer.BadParameter(f"--content-type must be one of {list(CONTENT_TYPES)}")
+    settings = get_settings()
+    x, y = _fashion_mnist("test", n, offset)
+    run_id = uuid.uuid4().hex[:8]
+    report = run_simulation(settings, x, y, rate=rate, concurrency=concurrency, deadline_ms=deadline_ms,
+                            content_type=CONTENT_TYPES[content_type], entry_tier=entry_tier, run_id=run_id)
+    out_dir = Path(out) if out else settings.home / "sim" / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = report.summary()
+    (out_dir / "report.json").write_text(json.dumps({"summary": summary, "rows": report.rows}, indent=1))
+    plots = save_plots(report, out_dir, title=f"({run_id})")
+    if feedback:
+        publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows if "label" in r})
+    typer.echo(json.dumps(summary, indent=1))
+    typer.echo(f"report and plots: {out_dir / 'report.json'} {' '.join(str(p) for p in plots)}")
+    if report.missing:
+        raise typer.Exit(1)
+
+
+@app.command("publish-training")
+def publish_training_cmd(
+    n: int = typer.Option(1000, min=1, help="Labeled samples to publish."),
+    split: str = typer.Option("train", help="Fashion-MNIST split: train or test."),
+    offset: int = typer.Option(0, min=0, help="First sample."),
+) -> None:
+    """Publish labeled samples to APP.training (tensor value, tf-label header) for ingestion."""
+    from runtime.client import publish_training
+    from runtime.settings import get_settings
+
+    settings = get_settings()
+    x, y = _fashion_mnist(split, n, offset)
+    count = publish_training(settings, x, y, key_prefix=f"{split}-{offset}")
+    typer.echo(f"published {count} samples to {settings.topic('training')} on {settings.kafka.bootstrap}")
 
 
 if __name__ == "__main__":

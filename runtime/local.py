@@ -134,6 +134,9 @@ class LocalDeployment:
         return restarted
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every worker (edge first), then wait for each; each drains its own batch."""
+        for w in self.workers.values():
+            w.signal(signal.SIGTERM)
         return {tier: w.stop(timeout_s) for tier, w in self.workers.items()}
 
     def __enter__(self) -> LocalDeployment:
