@@ -20,13 +20,14 @@ def tierflow_ingest():
     @task(outlets=[DATASET])
     def ingest(outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
-        from plugins.pipeline.ingest_step import run_ingest
 
-        result = run_ingest()
-        if not result.get("manifest_uri"):
-            raise AirflowSkipException(f"no new training records: {result}")
-        outlet_events[DATASET].extra = {"manifest_uri": result["manifest_uri"],
-                                        "records": result.get("records", 0)}
+        from plugins.ingest import ingest as run_ingest
+
+        result = run_ingest().as_dict()
+        if not result["manifest_uri"]:  # nothing new: no dataset version, no Asset event, no retraining
+            raise AirflowSkipException(f"no new training records (newest dataset {result['latest_manifest_uri']})")
+        outlet_events[DATASET].extra = {"manifest_uri": result["manifest_uri"], "records": result["records"],
+                                        "version": result["version"]}
         return result
 
     ingest()

@@ -74,7 +74,7 @@ def tierflow_pipeline():
         from plugins.pipeline.deploy import deploy as run_deploy
         from runtime.settings import get_settings
 
-        outcome = run_deploy(get_settings(), cfg, registered["version"], trained["tiers"], trained["test_accuracy"])
+        outcome = run_deploy(get_settings(), cfg, registered, trained["test_accuracy"])
         if outcome.rolled_back:
             raise AirflowFailException(f"v{outcome.version} rolled back, champion unchanged: "
                                        + "; ".join(outcome.problems))

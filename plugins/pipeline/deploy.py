@@ -6,11 +6,7 @@ talks Kafka through the runtime's device client, aliases are set through MLflow'
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,13 +24,12 @@ def registered_model_name(app: str, tier: str) -> str:
     return f"{app}-{tier}"
 
 
-def make_release(app: str, version: str, tiers: list[str], *, backend: str, http_port: int = 9100,
-                 replicas: int = 1) -> Release:
-    """One TierSpec per tier (edge first) serving models:/APP-tier/VERSION; local workers pick free ports."""
+def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
+                 http_port: int = 9100, replicas: int = 1) -> Release:
+    """One TierSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
     port = 0 if backend == "local" else http_port
-    return Release(app, str(version), tuple(
-        TierSpec(tier=t, model_uri=f"models:/{registered_model_name(app, t)}/{version}", http_port=port,
-                 replicas=replicas) for t in tiers))
+    return Release(app, str(release), tuple(
+        TierSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
 
 
 def make_backend(kind: str, settings: Any) -> RolloutBackend:
@@ -47,44 +42,6 @@ def make_backend(kind: str, settings: Any) -> RolloutBackend:
 
         return KubernetesRolloutBackend(settings=settings)
     raise ValueError(f"unknown rollout backend {kind!r}; use 'local' or 'kubernetes'")
-
-
-# -- MLflow aliases over REST (the orchestrator never imports mlflow) ---------------------------------
-def _mlflow_call(tracking_uri: str, method: str, path: str, body: dict | None = None,
-                 query: dict | None = None) -> dict:
-    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{path}"
-    if query:
-        url += "?" + urllib.parse.urlencode(query)
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - configured MLflow URL
-        return json.loads(resp.read() or b"{}")
-
-
-def alias_version(tracking_uri: str, model: str, alias: str) -> str | None:
-    """Version behind models:/model@alias, or None if the alias (or the model) does not exist."""
-    try:
-        out = _mlflow_call(tracking_uri, "GET", "registered-models/alias", query={"name": model, "alias": alias})
-    except urllib.error.HTTPError as exc:
-        if exc.code in (400, 404):
-            return None
-        raise
-    return str(out["model_version"]["version"])
-
-
-def set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
-    _mlflow_call(tracking_uri, "POST", "registered-models/alias",
-                 {"name": model, "alias": alias, "version": str(version)})
-
-
-def promote_release(tracking_uri: str, app: str, tiers: list[str], version: str) -> None:
-    """Alias `champion` on every tier model (and the full model, if registered) of this version."""
-    for t in [*tiers, "full"]:
-        try:
-            set_alias(tracking_uri, registered_model_name(app, t), "champion", version)
-        except urllib.error.HTTPError:
-            if t != "full":
-                raise
 
 
 # -- canary ------------------------------------------------------------------------------------------
@@ -134,12 +91,16 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
                         answers_by_version=dict(by_version), answers_by_tier=dict(by_tier))
 
 
-def deploy(settings: Any, cfg: dict[str, Any], version: str, tiers: list[str], offline_accuracy: float, *,
+def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offline_accuracy: float, *,
            backend: RolloutBackend | None = None, log: Callable[[str], None] = print,
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
-    """Roll out `version` (all tiers registered from one run) and promote it if the canary passes."""
+    """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
+    if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
+    from ml.registry import promote as promote_release
+
     backend = backend or make_backend(cfg["backend"], settings)
-    release = make_release(settings.app, version, tiers, backend=cfg["backend"], http_port=settings.worker.http_port)
+    release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
+                           backend=cfg["backend"], http_port=settings.worker.http_port)
     policy = CanaryPolicy(requests=cfg["canary_requests"],
                           min_accuracy=max(0.0, offline_accuracy - cfg["canary_accuracy_drop"]),
                           max_p95_latency_ms=cfg["canary_max_p95_ms"],
@@ -151,5 +112,5 @@ def deploy(settings: Any, cfg: dict[str, Any], version: str, tiers: list[str], o
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(
         backend, release, canary=canary, policy=policy,
-        promote=promote or (lambda v: promote_release(settings.mlflow.tracking_uri, settings.app, tiers, v)),
+        promote=promote or (lambda v: log(f"champion -> release {v}: {promote_release(settings.app, v, settings)}")),
         drain=lambda v, t: time.sleep(drain_s), log=log)

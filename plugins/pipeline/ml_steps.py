@@ -7,7 +7,6 @@ this module costs nothing, and the scheduler's interpreter never runs them.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -48,39 +47,17 @@ def load_training_data(dataset_uri: str, settings: Any):
     return read_dataset(path), f"{manifest.name}@{manifest.version}"
 
 
-def _calibration_plot(calibration, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curve = calibration.curve or {}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    if curve.get("pareto_cost") and curve.get("pareto_accuracy"):
-        ax.plot(curve["pareto_cost"], curve["pareto_accuracy"], ".-", label="Pareto front (validation)")
-    ax.scatter([calibration.expected_cost], [calibration.accuracy], color="red", zorder=3, label="chosen")
-    ax.axhline(calibration.final_accuracy, color="gray", ls="--", label="final exit")
-    ax.set_xlabel(f"expected cost per request ({calibration.objective})")
-    ax.set_ylabel("cascade accuracy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: str) -> dict[str, Any]:
-    """Train the multi-exit network, calibrate per-exit thresholds, write the tier bundle, evaluate on the
-    fixed test split and log everything to one MLflow run. Returns what gate/register need."""
+    """Train, calibrate, partition and evaluate (ml.pipeline) on the dataset version; log params, metrics and
+    plots to one MLflow run. Returns what gate/register/deploy need (JSON-able)."""
+    import dataclasses
+
     import mlflow
 
-    from ml.architectures import build
-    from ml.bundle import save_bundle
-    from ml.calibration import calibrate
     from ml.datasets import load_fashion_mnist
-    from ml.evaluation import evaluate_cascade
-    from ml.partition import normalize_tier_map
-    from ml.training import TrainConfig, exit_metrics, predict_exits, train_multi_exit
+    from ml.pipeline import PipelineConfig
+    from ml.pipeline import train_calibrate_partition as run_ml_pipeline
+    from ml.registry import log_training
     from runtime.settings import get_settings
 
     settings = get_settings()
@@ -88,57 +65,66 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     data, dataset_version = load_training_data(cfg.get("dataset") or dataset_uri, settings)
     if cfg.get("max_train_samples"):
         data = data.subset(int(cfg["max_train_samples"]), seed=0)
-    train, val = data.split(VAL_FRACTION, seed=0)
-    test = load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)
-    model = build(cfg["architecture"], input_shape=data.x.shape[1:], num_classes=len(data.class_names))
-    n_exits = len(model.outputs)
-    tier_map = normalize_tier_map(cfg["tier_map"], n_exits)  # clear error if the map does not fit the model
-    weights = cfg.get("exit_loss_weights")
-    if weights is not None and len(weights) != n_exits:
-        raise ValueError(f"exit_loss_weights has {len(weights)} values but architecture "
-                         f"{cfg['architecture']!r} has {n_exits} exits; give {n_exits} weights or none")
-
+    test = load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)  # the same split for every gate
+    options: dict[str, Any] = {
+        "architecture": cfg["architecture"], "tier_map": cfg["tier_map"], "measure": cfg["confidence"],
+        "tolerance": cfg["accuracy_tolerance"], "objective": cfg["objective"], "epochs": int(cfg["epochs"]),
+        "exit_weights": cfg.get("exit_loss_weights"), "model_name": settings.app, "tflite": False,
+        "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri},
+    }
+    if cfg.get("cost_weights"):
+        if "tier_costs" not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+            raise ValueError("cost_weights is not supported by this ml.pipeline version; leave it empty and use "
+                             "objective 'early'")
+        options["tier_costs"] = cfg["cost_weights"]
+    run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     mlflow.set_experiment(settings.app)
-    with mlflow.start_run(run_name=f"{cfg['architecture']}-{time.strftime('%Y%m%dT%H%M%S')}") as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in cfg.items()})
-        mlflow.log_params({"dataset_version": dataset_version, "train_samples": len(train),
-                           "val_samples": len(val), "test_samples": len(test), "num_exits": n_exits})
-        result = train_multi_exit(model, train.x.astype("float32"), train.y, val.x.astype("float32"), val.y,
-                                  TrainConfig(epochs=int(cfg["epochs"]), exit_weights=weights, progress=True))
-        for epoch in range(result.epochs_run):
-            mlflow.log_metrics({k: float(v[epoch]) for k, v in result.history.items() if len(v) > epoch},
-                               step=epoch)
-        val_probs = predict_exits(model, val.x.astype("float32"))
-        cal = calibrate(val_probs, val.y, tier_map, measure=cfg["confidence"], tolerance=cfg["accuracy_tolerance"],
-                        objective=cfg["objective"], tier_costs=cfg.get("cost_weights"))
-        bundle_dir = Path(out_dir) / run.info.run_id
-        manifest = save_bundle(bundle_dir, model, tier_map, cal.thresholds, data.class_names,
-                               model_name=settings.app, architecture=cfg["architecture"],
-                               measure=cfg["confidence"],
-                               metadata={"dataset_version": dataset_version, "mlflow_run_id": run.info.run_id,
-                                         "calibration": cal.to_dict()})
-        test_probs = predict_exits(model, test.x.astype("float32"))
-        ev = evaluate_cascade(test_probs, test.y, cal.thresholds, tier_map, measure=cfg["confidence"],
-                              tier_flops=[t.flops for t in manifest.tiers], full_flops=manifest.full_flops)
-        metrics = {f"test_exit{m['exit']}_accuracy": m["accuracy"] for m in exit_metrics(test_probs, test.y)}
-        metrics.update({"test_accuracy": ev["accuracy"], "test_final_exit_accuracy": ev["final_exit_accuracy"],
-                        "val_cascade_accuracy": cal.accuracy, "train_seconds": result.seconds})
-        metrics.update({f"test_answers_{t}": f for t, f in ev["tier_fractions"].items()})
-        if "mean_flops" in ev:
-            metrics["test_flops_ratio"] = ev["mean_flops"] / max(ev["full_flops"], 1)
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict({"thresholds": cal.thresholds, "tier_map": tier_map, "evaluation": ev},
-                        "calibration.json")
-        plot = _calibration_plot(cal, Path(out_dir) / f"{run.info.run_id}-calibration.png")
-        if plot:
-            mlflow.log_artifact(str(plot), "plots")
-        manifest.metadata["test"] = {"accuracy": ev["accuracy"], "tier_fractions": ev["tier_fractions"],
-                                     "exit_fractions": ev["exit_fractions"]}
-        from ml.bundle import write_manifest
+    with mlflow.start_run(run_name=f"{cfg['architecture']}-{run_dir.name}") as run:
+        result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir, test.x, test.y, **options)
+        rep = result.report
+        log_training({**cfg, "dataset_version": dataset_version, "train_samples": rep["n"]["train"],
+                      "test_samples": rep["n"]["test"]}, result.metrics, rep.get("test_exits", []),
+                     rep.get("history"), result.plots)
+        mlflow.log_artifact(str(result.report_path))
+        run_id = run.info.run_id
+    test_eval = rep["test"]
+    return {"run_id": run_id, "bundle_dir": str(result.bundle_dir), "dataset_version": dataset_version,
+            "test_accuracy": float(test_eval["accuracy"]), "tier_fractions": test_eval["tier_fractions"],
+            "metrics": result.metrics, "tiers": list(test_eval["tier_fractions"]),
+            "seconds": time.monotonic() - t0}
 
-        write_manifest(bundle_dir, manifest)
-    return {"run_id": run.info.run_id, "bundle_dir": str(bundle_dir), "dataset_version": dataset_version,
-            "test_accuracy": ev["accuracy"], "tier_fractions": ev["tier_fractions"],
-            "exit_fractions": ev["exit_fractions"], "tiers": [t.name for t in manifest.tiers],
-            "thresholds": cal.thresholds, "seconds": time.monotonic() - t0}
+
+def gate_step(cfg: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """The candidate must not be less accurate than the champion on the same test split (minus a margin)."""
+    from ml.registry import champion_metrics
+    from runtime.settings import get_settings
+
+    champion = champion_metrics(get_settings().app)
+    verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"])
+    if not verdict["passed"]:
+        raise RuntimeError(f"gate: candidate rejected, champion kept: {verdict['reason']}")
+    print(f"gate passed: {verdict['reason']}")
+    return verdict
+
+
+def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, margin: float) -> dict[str, Any]:
+    """Pure: pass if there is no champion, or candidate >= champion test accuracy - margin."""
+    if not champion or "test_accuracy" not in champion.get("metrics", {}):
+        return {"passed": True, "reason": "no champion yet", "champion_accuracy": None,
+                "candidate_accuracy": candidate_accuracy}
+    best = float(champion["metrics"]["test_accuracy"])
+    passed = candidate_accuracy >= best - margin
+    reason = (f"candidate test accuracy {candidate_accuracy:.4f} vs champion release {champion.get('release')} "
+              f"{best:.4f} (margin {margin})")
+    return {"passed": passed, "reason": reason, "champion_accuracy": best, "candidate_accuracy": candidate_accuracy,
+            "champion_release": champion.get("release")}
+
+
+def register_step(trained: dict[str, Any]) -> dict[str, Any]:
+    """Every tier + the full model, from the training run, alias `candidate`."""
+    from ml.registry import register_bundle
+
+    release = register_bundle(trained["bundle_dir"], run_id=trained["run_id"],
+                              dataset_version=trained["dataset_version"])
+    return release.as_dict()

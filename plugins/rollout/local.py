@@ -134,7 +134,7 @@ class LocalProcessBackend(RolloutBackend):
         out = []
         for f in self._state_files(app, version, tier):
             st = _read_json(f)
-            if st is None:
+            if st is None or "version" not in st or not st.get("supervisor_pid"):
                 continue
             if not _alive(st["supervisor_pid"]):
                 f.unlink(missing_ok=True)
@@ -171,11 +171,15 @@ class LocalProcessBackend(RolloutBackend):
                     [sys.executable, "-m", SUPERVISOR_MODULE, "supervise", str(state_file), "--", *argv],
                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=str(self.home))
-            # The supervisor records its own pid too; write it here so a fast reader never sees 0.
-            st = _read_json(state_file) or {}
-            if not st.get("supervisor_pid"):
-                st["supervisor_pid"] = proc.pid
-                _write_json(state_file, st)
+            # Wait until the supervisor has recorded itself (it is then findable by any later process).
+            deadline = time.monotonic() + 30
+            while not (_read_json(state_file) or {}).get("supervisor_pid"):
+                if proc.poll() is not None:
+                    raise RolloutError(f"supervisor of v{release.version} {spec.tier} exited with code "
+                                       f"{proc.returncode}; log {log}:\n{_log_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise RolloutError(f"supervisor of v{release.version} {spec.tier} did not start; log {log}")
+                time.sleep(0.05)
 
     def wait_ready(self, release: Release, spec: TierSpec, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -253,10 +257,11 @@ def supervise(state_file: Path, argv: list[str], *, grace_s: float = 30.0, max_b
     signal.signal(signal.SIGINT, on_term)
 
     def update(**kw) -> None:
-        st = _read_json(state_file) or {}
+        st = _read_json(state_file)
+        if st is None:  # removed by stop_tier: do not resurrect a partial record
+            return
         st.update(kw)
-        if state_file.parent.exists():
-            _write_json(state_file, st)
+        _write_json(state_file, st)
 
     restarts, backoff = 0, 1.0
     update(supervisor_pid=os.getpid(), status="starting")

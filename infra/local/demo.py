@@ -1,0 +1,163 @@
+"""`tierflow demo`: the whole story on one machine, through the real services.
+
+Start the stack → stream Fashion-MNIST training samples into APP.training → run the ingest DAG and then
+the pipeline DAG through Airflow's REST API → wait for the rollout → stream test requests through the
+tiers → print a report. `--keep-running` leaves the stack and the tier workers up to explore the UIs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DemoTimings:
+    stack_s: float = 0.0
+    publish_s: float = 0.0
+    ingest_s: float = 0.0
+    pipeline_s: float = 0.0
+    total_s: float = 0.0
+    registration_to_serving_s: float | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def registration_to_serving(task_instances: list[dict]) -> float | None:
+    """Seconds from the end of the register task until the deploy task had the new edge ready.
+
+    The deploy task reports `seconds_to_serving` (rollout start → new edge ready); the rollout starts when
+    the deploy task starts, so the gap between register's end and deploy's start is added."""
+    from datetime import datetime
+
+    by_id = {t["task_id"]: t for t in task_instances}
+    reg, dep = by_id.get("register"), by_id.get("deploy")
+    if not reg or not dep or not reg.get("end_date") or not dep.get("start_date"):
+        return None
+    gap = (datetime.fromisoformat(dep["start_date"]) - datetime.fromisoformat(reg["end_date"])).total_seconds()
+    return gap
+
+
+def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, keep_running: bool,
+             canary_requests: int = 200) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from infra.local.stack import LocalStack, load_settings
+    from ml.datasets import load_fashion_mnist
+    from plugins.pipeline.airflow_rest import AirflowClient
+    from plugins.pipeline.common import INGEST_DAG, MONITOR_DAG, PIPELINE_DAG
+    from plugins.rollout.local import LocalProcessBackend
+    from runtime.client import publish_feedback, publish_training, save_plots, simulate
+
+    console = Console()
+    t0 = time.monotonic()
+    timings = DemoTimings()
+    stack = LocalStack(load_settings())
+    with console.status("starting the stack (broker, S3, MLflow, Airflow)") as status:
+        settings = stack.up(on_event=lambda s, m: status.update(f"{s}: {m}"))
+    timings.stack_s = time.monotonic() - t0
+    console.print(f"[green]stack up[/green] in {timings.stack_s:.0f}s (home {settings.home})")
+    backend = LocalProcessBackend.from_settings(settings)
+    ok = False
+    try:
+        airflow = AirflowClient.from_settings(settings)
+        for dag_id in (INGEST_DAG, PIPELINE_DAG, MONITOR_DAG):
+            airflow.wait_dag(dag_id, timeout_s=180)
+        airflow.set_paused(PIPELINE_DAG, True)  # so the ingest's Asset event does not start a 2nd run
+
+        t = time.monotonic()
+        train = load_fashion_mnist("train").subset(train_samples, seed=0)
+        publish_training(settings, train.x, train.y, key_prefix=f"demo-{int(time.time())}")
+        timings.publish_s = time.monotonic() - t
+        console.print(f"published {len(train)} Fashion-MNIST training samples to {settings.topic('training')} "
+                      f"({timings.publish_s:.1f}s)")
+
+        t = time.monotonic()
+        airflow.set_paused(INGEST_DAG, False)
+        run_id = airflow.trigger(INGEST_DAG)
+        with console.status(f"{INGEST_DAG}: running") as status:
+            run = airflow.wait_run(INGEST_DAG, run_id, 600, on_progress=lambda s: status.update(f"{INGEST_DAG}: {s}"))
+        if run["state"] != "success":
+            raise RuntimeError(f"ingest failed:\n{airflow.failure_report(INGEST_DAG, run_id)}")
+        ingested = airflow.xcom(INGEST_DAG, run_id, "ingest")
+        timings.ingest_s = time.monotonic() - t
+        console.print(f"ingest: dataset {ingested['version']} with {ingested['records']} records, "
+                      f"{ingested['malformed']} malformed ({timings.ingest_s:.0f}s)")
+
+        t = time.monotonic()
+        conf = {"dataset": ingested["manifest_uri"], "epochs": epochs, "canary_requests": canary_requests}
+        airflow.set_paused(PIPELINE_DAG, False)
+        run_id = airflow.trigger(PIPELINE_DAG, conf)
+        console.print(f"triggered {PIPELINE_DAG} run {run_id} with {json.dumps(conf)}")
+        with console.status(f"{PIPELINE_DAG}: running") as status:
+            run = airflow.wait_run(PIPELINE_DAG, run_id, 3600,
+                                   on_progress=lambda s: status.update(f"{PIPELINE_DAG}: {s}"))
+        timings.pipeline_s = time.monotonic() - t
+        tis = airflow.task_instances(PIPELINE_DAG, run_id)
+        timings.stages = {ti["task_id"]: round(ti.get("duration") or 0.0, 1) for ti in tis}
+        if run["state"] != "success":
+            raise RuntimeError(f"pipeline failed:\n{airflow.failure_report(PIPELINE_DAG, run_id)}")
+        trained = airflow.xcom(PIPELINE_DAG, run_id, "train_calibrate_partition")
+        registered = airflow.xcom(PIPELINE_DAG, run_id, "register")
+        deployed = airflow.xcom(PIPELINE_DAG, run_id, "deploy")
+        gap = registration_to_serving(tis)
+        if gap is not None:
+            timings.registration_to_serving_s = gap + float(deployed["seconds_to_serving"])
+
+        test = load_fashion_mnist("test").subset(requests, seed=7)
+        console.print(f"streaming {requests} test requests at {rate:.0f}/s through the tiers")
+        report = simulate(settings, test.x, test.y, rate=rate, timeout_s=120, progress=True,
+                          run_id="demo")
+        publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows})
+        plots = save_plots(report, settings.home / "demo", title=f"v{registered['version']}")
+        timings.total_s = time.monotonic() - t0
+
+        table = Table(title="tierflow demo")
+        table.add_column("what")
+        table.add_column("value")
+        s = report.summary()
+        rows = [
+            ("model versions", f"{settings.app}-{{{','.join(trained['tiers'])},full}} v{registered['version']} "
+                               f"(alias champion)"),
+            ("offline test accuracy (cascade)", f"{trained['test_accuracy']:.4f}"),
+            ("live accuracy", f"{s['accuracy']:.4f} on {s['answered']}/{s['sent']} answered"),
+            ("answers per tier", ", ".join(f"{k}: {v}" for k, v in sorted(s["per_tier"].items()))),
+            ("degraded / duplicates dropped", f"{s['degraded']} / {s['duplicates']}"),
+            ("latency p50 / p95 / p99", f"{s['p50_ms']} / {s['p95_ms']} / {s['p99_ms']} ms"),
+            ("canary", f"{deployed['canary']['accuracy']:.3f} accuracy on {deployed['canary']['new_version_answers']}"
+                       if deployed.get("canary") else "off"),
+            ("pipeline wall time", f"{timings.pipeline_s:.0f}s (tasks: {timings.stages})"),
+            ("registration → serving", f"{timings.registration_to_serving_s:.1f}s"
+             if timings.registration_to_serving_s is not None else "n/a"),
+            ("demo wall time", f"{timings.total_s:.0f}s"),
+            ("Airflow", f"{settings.airflow.api_url}  (login {settings.airflow.username} / password in "
+                        f"{stack.paths.env_file}, TIERFLOW_AIRFLOW__PASSWORD)"),
+            ("MLflow", f"{settings.mlflow.tracking_uri}/#/models"),
+            ("plots", ", ".join(str(p) for p in plots)),
+        ]
+        for k, v in rows:
+            table.add_row(k, str(v))
+        console.print(table)
+        ok = True
+        return {"summary": s, "trained": trained, "registered": registered, "deployed": deployed,
+                "timings": timings.__dict__}
+    finally:
+        if keep_running and ok:
+            console.print("[bold]--keep-running[/bold]: stack and tier workers stay up; "
+                          "`tierflow stack down` stops the stack (and the workers: `tierflow demo --stop`).")
+        else:
+            with console.status("stopping tier workers and the stack"):
+                backend.stop_all(settings.app)
+                stack.down()
+            console.print("stack stopped")
+
+
+def stop_everything() -> None:
+    from infra.local.stack import LocalStack, load_settings
+    from plugins.rollout.local import LocalProcessBackend
+
+    settings = load_settings()
+    LocalProcessBackend.from_settings(settings).stop_all(settings.app)
+    LocalStack(settings).down()
