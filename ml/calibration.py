@@ -83,12 +83,14 @@ def calibrate(
     objective: str = "early",
     tier_costs: Sequence[float] | None = None,
     grid_size: int = 101,
-    margin_se: float = 1.0,
+    margin_se: float = 2.0,
 ) -> Calibration:
     """Pick per-exit thresholds (see module docstring). ``tolerance`` is in accuracy points.
 
     ``margin_se`` keeps a safety margin of that many standard errors of the (paired) accuracy
-    difference between cascade and final exit, so the constraint still holds on unseen data.
+    difference between cascade and final exit, so the constraint still holds on unseen data: the
+    calibration set's estimate and the test set's are both noisy (about ±0.3 points each for
+    Fashion-MNIST's 6k/10k), and calibrating exactly at the tolerance misses it on test half the time.
     """
     y = np.asarray(y)
     E = len(exit_probs)

@@ -53,6 +53,7 @@ def _splits(meta, cfg):
     from ml.pipeline import split_data
 
     train, test = load_dataset(meta["dataset"])
+    train = train.subset(meta.get("n_train"), seed=cfg.train.seed)
     return split_data(train, test, cfg)
 
 
@@ -114,7 +115,7 @@ def calibrate(
     gflops: Annotated[str | None, typer.Option(help="per-tier compute speed in GFLOP/s, e.g. '1,10,100'")] = None,
     link_latency_ms: Annotated[str | None, typer.Option(help="per-link latency, e.g. '2,20'")] = None,
     link_mbps: Annotated[str | None, typer.Option(help="per-link bandwidth in Mbit/s, e.g. '100,20'")] = None,
-    margin_se: Annotated[float, typer.Option(help="safety margin in standard errors of the accuracy difference")] = 1.0,
+    margin_se: Annotated[float, typer.Option(help="safety margin in standard errors of the accuracy difference")] = 2.0,
 ) -> None:
     """Pick per-exit thresholds on the validation split; writes calibration.json and trade-off plots."""
     import keras
@@ -129,12 +130,7 @@ def calibrate(
         cfg.gflops_per_s, cfg.link_latency_ms, cfg.link_bandwidth_mbps = (
             _floats(gflops), _floats(link_latency_ms), _floats(link_mbps))
         model = keras.saving.load_model(run / "model.keras", compile=False)
-        full, test = __import__("ml.datasets", fromlist=["load_dataset"]).load_dataset(meta["dataset"])
-        if meta.get("n_train") is not None:
-            full = full.subset(meta["n_train"], seed=cfg.train.seed)
-        from ml.pipeline import split_data
-
-        _, val, _ = split_data(full, test, cfg)
+        _, val, _ = _splits(meta, cfg)
         cal, probs = calibrate_model(model, val, cfg)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -170,8 +166,8 @@ def partition(
         model = keras.saving.load_model(run / "model.keras", compile=False)
         rep = None
         if tflite:
-            full, test = __import__("ml.datasets", fromlist=["load_dataset"]).load_dataset(meta["dataset"])
-            rep = full.subset(200, seed=cfg.train.seed).x.astype("float32")
+            _, val, _ = _splits(meta, cfg)
+            rep = val.x[:200].astype("float32")
         bundle = out or run / "bundle"
         m = save_bundle(bundle, model, cal["tier_map"], cal["thresholds"], meta["class_names"], model_name=model_name,
                         architecture=cfg.architecture, measure=cal["measure"], tflite=tflite, representative=rep,

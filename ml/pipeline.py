@@ -26,7 +26,7 @@ class PipelineConfig:
     measure: str = "max_softmax"
     tolerance: float = 1.0  # accuracy points below the final exit the cascade may lose
     objective: str = "early"  # or "cost"
-    margin_se: float = 1.0  # calibration safety margin in standard errors (see ml.calibration)
+    margin_se: float = 2.0  # calibration safety margin in standard errors (see ml.calibration)
     gflops_per_s: Sequence[float] | None = None  # per tier, for the cost objective
     link_latency_ms: Sequence[float] | None = None
     link_bandwidth_mbps: Sequence[float] | None = None
@@ -60,8 +60,9 @@ def split_data(train: Dataset, test: Dataset | None, cfg: PipelineConfig) -> tup
 
 def fit(train: Dataset, val: Dataset, cfg: PipelineConfig):
     from ml.architectures import build
-    from ml.training import train_multi_exit
+    from ml.training import set_seed, train_multi_exit
 
+    set_seed(cfg.train.seed)  # before building: the initial weights come from the seed too
     model = build(cfg.architecture, input_shape=train.x.shape[1:], num_classes=len(train.class_names),
                   width=cfg.width)
     normalize_tier_map(cfg.tier_map, len(model.outputs))  # fail before training, not after

@@ -37,10 +37,11 @@ def build_tiny_bundle(path: str | Path, tier_map: Mapping[str, Sequence[int | st
     """
     from ml.architectures import build
     from ml.datasets import load_fashion_mnist
-    from ml.training import TrainConfig, exit_metrics, predict_exits, train_multi_exit
+    from ml.training import TrainConfig, exit_metrics, predict_exits, set_seed, train_multi_exit
 
     data = load_fashion_mnist("train").subset(n_train + 1000, seed=seed)
     train, val = data.split(1000 / len(data), seed=seed)
+    set_seed(seed)
     model = build("compact", input_shape=(28, 28, 1), num_classes=len(data.class_names), width=width)
     train_multi_exit(model, train.x.astype("float32"), train.y, val.x.astype("float32"), val.y,
                      TrainConfig(epochs=epochs, batch_size=64, seed=seed, patience=0, progress=False))

@@ -19,7 +19,8 @@ class TrainConfig:
     patience: int = 2  # early stopping on validation loss; 0 disables
     progress: bool = True
     max_seconds: float | None = None  # wall-clock budget: no epoch starts that would end past it
-    cosine_decay: bool = True  # decay the learning rate to 5 % over the planned epochs
+    cosine_decay: bool = True  # cosine-decay the learning rate to 5 % over the planned epochs, or over
+    # the time budget when that ends first (then the run depends on machine speed, not only the seed)
 
 
 @dataclass
@@ -92,6 +93,34 @@ def _progress_callback(epochs: int, steps: int, enabled: bool, max_seconds: floa
     return Progress()
 
 
+def cosine_lr(base: float, progress: float, alpha: float = 0.05) -> float:
+    """Cosine decay from ``base`` to ``alpha * base`` as progress goes 0 → 1."""
+    p = min(max(progress, 0.0), 1.0)
+    return base * (alpha + (1 - alpha) * 0.5 * (1 + np.cos(np.pi * p)))
+
+
+def _cosine_callback(base: float, total_steps: int, max_seconds: float | None):
+    import time
+
+    import keras
+
+    class CosineByStepsOrTime(keras.callbacks.Callback):
+        """Learning rate follows training progress: steps done, or budget used, whichever is further."""
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.monotonic()
+            self.step = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            progress = self.step / max(1, total_steps)
+            if max_seconds:
+                progress = max(progress, (time.monotonic() - self.t0) / max_seconds)
+            self.model.optimizer.learning_rate.assign(cosine_lr(base, progress))
+            self.step += 1
+
+    return CosineByStepsOrTime()
+
+
 def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                      config: TrainConfig | None = None) -> TrainResult:
     """Train every exit jointly; returns the Keras history (per-exit loss/accuracy, train and val)."""
@@ -105,12 +134,11 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
     set_seed(cfg.seed)
     n = len(model.outputs)
     steps = int(np.ceil(len(x) / cfg.batch_size))
-    lr = cfg.learning_rate
-    if cfg.cosine_decay:
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps * cfg.epochs, alpha=0.05)
-    weights = compile_multi_exit(model, cfg.exit_weights, lr)
+    weights = compile_multi_exit(model, cfg.exit_weights, cfg.learning_rate)
     progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
     callbacks = [progress]
+    if cfg.cosine_decay:
+        callbacks.append(_cosine_callback(cfg.learning_rate, steps * cfg.epochs, cfg.max_seconds))
     early = None
     if cfg.patience > 0:
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)

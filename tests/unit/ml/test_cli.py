@@ -1,0 +1,44 @@
+"""`tierflow ml train → calibrate → partition → evaluate` on a small slice, through the real CLI."""
+
+import json
+
+from typer.testing import CliRunner
+
+from runtime.cli import app
+
+runner = CliRunner()
+
+
+def _ok(args):
+    result = runner.invoke(app, ["ml", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_steps_share_a_run_directory(tmp_path):
+    run = tmp_path / "run"
+    _ok(["train", "--out", str(run), "--n-train", "1500", "--epochs", "1", "--width", "0.25", "--patience", "0"])
+    assert (run / "model.keras").is_file() and (run / "training.png").is_file()
+    train = json.loads((run / "train.json").read_text())
+    assert train["n"] == {"train": 1350, "val": 150, "test": 10000}
+    _ok(["calibrate", "--run", str(run), "--tier-map", "edge=0;cloud=1+2", "--tolerance", "2"])
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["tier_map"] == {"edge": [0], "cloud": [1, 2]}
+    assert cal["accuracy"] >= cal["final_accuracy"] - 0.02 or not cal["feasible"]
+    assert (run / "tradeoff.png").is_file()
+    _ok(["partition", "--run", str(run), "--no-tflite", "--model-name", "shirts"])
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert manifest["model_name"] == "shirts" and [t["name"] for t in manifest["tiers"]] == ["edge", "cloud"]
+    assert manifest["tiers"][0]["thresholds"] == [cal["thresholds"][0]]
+    _ok(["evaluate", "--bundle", str(run / "bundle")])
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["n"] == 10000 and sum(ev["tier_fractions"].values()) == 1.0
+    assert set(ev["bytes_per_request"]) == {"device-edge", "edge-cloud"}
+
+
+def test_cli_errors_say_what_to_fix(tmp_path):
+    result = runner.invoke(app, ["ml", "train", "--out", str(tmp_path), "--dataset", "cifar-10"])
+    assert result.exit_code == 2 and "unknown dataset 'cifar-10'" in result.output
+    (tmp_path / "train.json").write_text(json.dumps({"config": {"train": {}}, "dataset": "fashion-mnist"}))
+    result = runner.invoke(app, ["ml", "partition", "--run", str(tmp_path)])
+    assert result.exit_code == 2 and "run `tierflow ml calibrate" in result.output
