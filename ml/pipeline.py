@@ -27,7 +27,10 @@ class PipelineConfig:
     tolerance: float = 1.0  # accuracy points below the final exit the cascade may lose
     objective: str = "early"  # or "cost"
     margin_se: float = 2.0  # calibration safety margin in standard errors (see ml.calibration)
-    gflops_per_s: Sequence[float] | None = None  # per tier, for the cost objective
+    # Objective "cost": cost (e.g. ms) of a request answered at each tier, one per tier of the tier map;
+    # when None it is derived from the tiers' FLOPs at gflops_per_s plus link latency and transfer time.
+    tier_costs: Sequence[float] | None = None
+    gflops_per_s: Sequence[float] | None = None  # per tier
     link_latency_ms: Sequence[float] | None = None
     link_bandwidth_mbps: Sequence[float] | None = None
     val_fraction: float = 0.1
@@ -65,7 +68,11 @@ def fit(train: Dataset, val: Dataset, cfg: PipelineConfig):
     set_seed(cfg.train.seed)  # before building: the initial weights come from the seed too
     model = build(cfg.architecture, input_shape=train.x.shape[1:], num_classes=len(train.class_names),
                   width=cfg.width)
-    normalize_tier_map(cfg.tier_map, len(model.outputs))  # fail before training, not after
+    tmap = normalize_tier_map(cfg.tier_map, len(model.outputs))  # fail before training, not after
+    if cfg.tier_costs is not None and len(cfg.tier_costs) != len(tmap):
+        raise ValueError(f"tier_costs needs one cost per tier ({list(tmap)}), got {list(cfg.tier_costs)}")
+    if cfg.objective not in ("early", "cost"):
+        raise ValueError(f"unknown calibration objective {cfg.objective!r}; use 'early' or 'cost'")
     result = train_multi_exit(model, train.x.astype("float32"), train.y, val.x.astype("float32"), val.y, cfg.train)
     return model, result
 
@@ -78,6 +85,10 @@ def tier_costs_for(model, cfg: PipelineConfig) -> tuple[list[int], list[float], 
     parts = partition(model, cfg.tier_map)
     flops = [p.flops for p in parts]
     link_bytes = [activation_bytes(p.output_shape) for p in parts[:-1]]
+    if cfg.tier_costs is not None:
+        if len(cfg.tier_costs) != len(parts):
+            raise ValueError(f"tier_costs needs one cost per tier ({[p.name for p in parts]}), got {list(cfg.tier_costs)}")
+        return flops, link_bytes, [float(c) for c in cfg.tier_costs]
     costs = default_costs(flops, link_bytes, cfg.gflops_per_s, cfg.link_latency_ms, cfg.link_bandwidth_mbps)
     return flops, link_bytes, costs.per_tier(len(parts)).tolist()
 

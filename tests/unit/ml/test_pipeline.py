@@ -55,3 +55,13 @@ def test_bad_options_fail_before_training(tmp_path):
         train_calibrate_partition(x, y, ["a", "b"], tmp_path, epochz=3)
     with pytest.raises(ValueError, match="must hold the final exit"):
         train_calibrate_partition(x, y, ["a", "b"], tmp_path, tier_map={"edge": [0]}, epochs=1, progress=False)
+
+
+def test_cost_objective_with_given_tier_costs(tmp_path):
+    from ml.datasets import load_fashion_mnist
+    from ml.pipeline import train_calibrate_partition
+
+    train = load_fashion_mnist("train").subset(600, seed=1)
+    with pytest.raises(ValueError, match="tier_costs needs one cost per tier"):
+        train_calibrate_partition(train.x, train.y, train.class_names, tmp_path, epochs=1, width=0.25,
+                                  progress=False, objective="cost", tier_costs=[1, 2], tflite=False)
