@@ -206,12 +206,11 @@ def conform(arr: np.ndarray, shape: Sequence[int], dtype: str) -> np.ndarray:
         arr = arr.reshape(want)
     target = np.dtype(dtype)
     if target.kind == "f":
-        if arr.dtype.kind in "fiu":
-            arr = arr.astype(target, copy=False)
-        else:
+        if arr.dtype.kind not in "fiu":
             raise CodecError(f"input dtype {arr.dtype} cannot feed a {target} model")
-        if not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # integers are always finite
             raise CodecError("input contains NaN or infinite values")
+        arr = arr.astype(target, copy=False)
     elif arr.dtype != target:
         raise CodecError(f"input dtype {arr.dtype}, the model takes {target}")
     return arr

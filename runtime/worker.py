@@ -23,7 +23,8 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,27 @@ class Pending:
     reply_to: str | None
     origin_ts: int | None
     received_ts: int
+
+
+@dataclass
+class Batch:
+    """Offsets of one consumed micro-batch and the outputs it produced that the broker has not acked yet.
+
+    Its offsets are committed once it and every batch before it are fully acknowledged, so producing the
+    next batch overlaps with the acknowledgements of this one without giving up at-least-once.
+    """
+
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per (topic, partition)
+    outstanding: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def delivered(self, err: Any, msg: Any) -> None:
+        self.outstanding -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
+
+
+MAX_INFLIGHT_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -118,7 +140,10 @@ class TierWorker:
         self._heartbeat = time.monotonic()
         self._pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self._delivery_errors: list[str] = []
+        self.consumed = 0  # records taken from the input topic (answered, forwarded or dead-lettered)
+        self._inflight: deque[Batch] = deque()
+        self._batch = Batch()
+        self._bytes_out: Counter[str] = Counter()
         self._producers: dict[str, Any] = {}
         self._consumer: Any = None
         self._watcher: Any = None
@@ -186,12 +211,15 @@ class TierWorker:
                     self._process(batch)
                 self._watch_results()
                 self._expire_pending()
+                self._settle()
         finally:
             self.close()
 
     def close(self) -> None:
-        for p in self._producers.values():
-            p.flush(30)
+        try:
+            self._settle(block=True, final=True)
+        except WorkerError as exc:
+            log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
         for c in (self._consumer, self._watcher):
             if c is not None:
                 c.close()
@@ -209,6 +237,11 @@ class TierWorker:
         log.info("partitions assigned", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        # Commit what is done before the partitions move, so their new owner does not redo it.
+        try:
+            self._settle(block=True, final=True)
+        except WorkerError as exc:
+            log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
         log.info("partitions revoked", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
 
     def _on_watch_assign(self, consumer: Any, partitions: list) -> None:
@@ -226,11 +259,14 @@ class TierWorker:
 
     def _process(self, msgs: list) -> None:
         received = codec.now_ms()
+        batch = self._batch = Batch()
         valid: list[tuple[Any, dict[str, str], np.ndarray]] = []
         for m in msgs:
             if m.error():
                 log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
                 continue
+            key = (m.topic(), m.partition())
+            batch.offsets[key] = max(batch.offsets.get(key, 0), m.offset() + 1)
             try:
                 headers, sample = self._validate(m)
             except Rejected as rej:
@@ -243,17 +279,22 @@ class TierWorker:
             probs, activation = self.model.predict(np.stack([s for _, _, s in valid]))
             decision = self.model.decide(probs)
             self.metrics.predict_seconds.observe(time.perf_counter() - t0)
+            answers = decision.answered | (self.route.out_topic is None)
             for i, (m, headers, _) in enumerate(valid):
                 result = self._result(headers, decision, i, received)
-                if decision.answered[i] or self.route.out_topic is None:
+                if answers[i]:
                     self._answer(result, headers.get(codec.REPLY_TO), received)
-                    self.metrics.exit(result["exit"])
-                    self.metrics.record("answered")
                 else:
                     self._forward(m, headers, activation[i], result, received)
-                    self.metrics.record("forwarded")
-        self._flush()
-        self._commit(msgs)
+            n_answered = int(answers.sum())
+            self.metrics.record("answered", n_answered)
+            self.metrics.record("forwarded", len(valid) - n_answered)
+            for exit_id, n in Counter(decision.exit_id[answers].tolist()).items():
+                self.metrics.exit(exit_id, n)
+            self.metrics.pending.set(len(self._pending))
+        self._inflight.append(batch)
+        self.consumed += len(msgs)
+        self._settle(block=len(self._inflight) > MAX_INFLIGHT_BATCHES)
 
     def _validate(self, m: Any) -> tuple[dict[str, str], np.ndarray]:
         value = m.value()
@@ -307,17 +348,15 @@ class TierWorker:
                                                                   **{"client.id": f"{self.tier}-{self.version}"}))
         return self._producers[bootstrap]
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
-
     def _send(self, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
               headers: list[tuple[str, bytes]]) -> None:
         producer = self._producer(bootstrap)
-        self.metrics.sent(topic, len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers))
+        self._bytes_out[topic] += len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        batch = self._batch
         while True:
             try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=batch.delivered)
+                batch.outstanding += 1
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.1)
@@ -357,7 +396,6 @@ class TierWorker:
         degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
         self._pending[rid] = Pending(rid, degrade_at, result, headers.get(codec.REPLY_TO), origin, received)
         heapq.heappush(self._deadlines, (degrade_at, rid))
-        self.metrics.pending.set(len(self._pending))
 
     def _dead_letter(self, m: Any, rej: Rejected) -> None:
         self.metrics.dead_letter(rej.kind)
@@ -369,28 +407,39 @@ class TierWorker:
                     ("tf-dlq-origin", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
         self._send(self.settings.kafka.bootstrap, self._dlq_topic, m.key(), m.value(), headers)
 
-    def _flush(self) -> None:
-        for bootstrap, p in self._producers.items():
-            left = p.flush(30)
-            if left:
-                raise WorkerError(f"{left} records not acknowledged by {bootstrap} within 30 s")
-        if self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
-            raise WorkerError(f"broker rejected {len(errors)} records, e.g. {errors[0]}; not committing")
+    def _settle(self, block: bool = False, final: bool = False) -> None:
+        """Serve delivery reports, then commit the offsets of the acknowledged prefix of batches.
 
-    def _commit(self, msgs: list) -> None:
+        ``block`` waits for every output (bounded in-flight work; shutdown). A rejected output stops the
+        worker without committing its batch, so the records are consumed again after a restart.
+        """
+        for bootstrap, p in self._producers.items():
+            left = p.flush(30) if block else p.poll(0)
+            if block and left:
+                raise WorkerError(f"{left} records not acknowledged by {bootstrap} within 30 s")
+        for topic, n in self._bytes_out.items():
+            self.metrics.sent(topic, n)
+        self._bytes_out.clear()
+        offsets: dict[tuple[str, int], int] = {}
+        while self._inflight and self._inflight[0].outstanding == 0:
+            batch = self._inflight[0]
+            if batch.errors:
+                self._commit(offsets, final)
+                raise WorkerError(f"broker rejected {len(batch.errors)} records, e.g. {batch.errors[0]}; "
+                                  "their batch is not committed")
+            self._inflight.popleft()
+            for key, off in batch.offsets.items():
+                offsets[key] = max(offsets.get(key, 0), off)
+        self._commit(offsets, final)
+
+    def _commit(self, offsets: dict[tuple[str, int], int], sync: bool) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            if not m.error():
-                key = (m.topic(), m.partition())
-                last[key] = max(last.get(key, -1), m.offset())
-        if not last:
+        if not offsets or self._consumer is None:
             return
         try:
-            self._consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
-                                  asynchronous=False)
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                  asynchronous=not sync)
         except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads them
             log.warning("commit failed", extra={"tier": self.tier, "error": str(exc)})
 
@@ -415,6 +464,9 @@ class TierWorker:
     def _expire_pending(self) -> None:
         now = codec.now_ms()
         published = False
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._batch = Batch()  # degraded answers: acknowledged like a batch without offsets
+            self._inflight.append(self._batch)
         while self._deadlines and self._deadlines[0][0] <= now:
             degrade_at, rid = heapq.heappop(self._deadlines)
             p = self._pending.get(rid)
@@ -429,7 +481,6 @@ class TierWorker:
         if published:
             log.info("degraded answers published", extra={"tier": self.tier, "pending": len(self._pending)})
             self.metrics.pending.set(len(self._pending))
-            self._flush()
 
 
 def serve(settings: Settings, tier: str, model_uri: str, http_port: int | None = None) -> None:

@@ -1,0 +1,136 @@
+"""Benchmark: one tier worker at saturation vs the bare batched `predict` of the same sub-model.
+
+The worker (in this process, on the embedded broker) drains a topic filled faster than it can serve: decode, one predict per
+micro-batch, shared cascade decision, publish answers/forwards, flush, commit. The baseline runs
+`TierModel.predict` + the cascade decision over the same samples in batches of `worker.max_batch`,
+nothing else. Best of 3 rounds each (the machine is shared). Prints records/s of both and their ratio
+(target >= 0.8), per tier, and the machine.
+
+Run: ``.venv/bin/python -m tests.bench.bench_worker [--n 5000] [--tiers edge,cloud,full]``
+or ``.venv/bin/pytest -m bench tests/bench/bench_worker.py -s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from runtime import codec
+from tests.bench.runtime_common import bench_bundle, machine_line
+
+
+def _inputs(bundle, tier: str, x: np.ndarray) -> np.ndarray:
+    """What the tier consumes for these images: raw pixels for the entry, else upstream activations."""
+    from ml.bundle import load_bundle, read_manifest
+
+    if tier in ("full", read_manifest(bundle).tier_names[0]):
+        return x
+    h = x
+    for name, tm in load_bundle(bundle).items():
+        if name == tier:
+            return h.astype(np.float32)
+        _, h = tm.predict(h)
+    raise ValueError(tier)
+
+
+def bare_predict_rate(model, inputs: np.ndarray, batch: int, repeat: int = 3) -> float:
+    model.predict(inputs[:batch])  # trace
+    best = 0.0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for i in range(0, len(inputs), batch):
+            model.decide(model.predict(inputs[i:i + batch])[0])
+        best = max(best, len(inputs) / (time.perf_counter() - t))
+    return best
+
+
+def worker_rate(bootstrap: str, model, inputs: np.ndarray, repeat: int = 3) -> tuple[float, float]:
+    """Best records/s of one TierWorker draining len(inputs) records at a time, and its mean batch size."""
+    from confluent_kafka import Producer
+
+    from runtime.kafka import ensure_topics, producer_config
+    from runtime.settings import KafkaSettings, Settings
+    from runtime.worker import TierWorker
+
+    settings = Settings(app=f"bench{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap))
+    worker = TierWorker(settings, model, http_port=0, http_host="127.0.0.1")
+    topic = worker.route.in_topic
+    ensure_topics(settings, [topic])
+    producer = Producer(producer_config(settings))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    while not worker.ready:
+        time.sleep(0.05)
+    best, total = 0.0, 0
+    for r in range(repeat):
+        for i, sample in enumerate(inputs):  # the producer outpaces the worker many times over
+            headers = codec.make_headers(f"b{r}-{i}", version=worker.version, origin_ts=codec.now_ms(),
+                                         deadline=codec.now_ms() + 600_000)
+            producer.produce(topic, key=f"b{r}-{i}", value=codec.encode_tensor(sample), headers=headers)
+            if i % 1000 == 0:
+                producer.poll(0)
+        producer.flush(60)
+        target = total + len(inputs)
+        while (n0 := worker.consumed) == total:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        while (n := worker.consumed) < target:
+            time.sleep(0.005)
+        best = max(best, (n - n0) / (time.perf_counter() - t0))
+        total = n
+    worker.stop()
+    thread.join(60)
+    batches = worker.metrics.registry.get_sample_value("tierflow_batch_size_count",
+                                                       {"tier": worker.tier, "version": worker.version})
+    return best, total / batches
+
+
+def run(n: int = 5000, tiers: tuple[str, ...] = ("edge", "cloud", "full"), bundle=None, bootstrap=None,
+        width: float = 0.5) -> list[dict]:
+    from ml.bundle import load_tier
+    from ml.datasets import load_fashion_mnist
+    from runtime.broker import EmbeddedBroker
+    from runtime.settings import WorkerSettings
+
+    bundle = bench_bundle(bundle, width)
+    x = load_fashion_mnist("test").x[:n]
+    batch = WorkerSettings().max_batch
+    print(machine_line())
+    print(f"bundle {bundle}, max_batch {batch}")
+    rows = []
+    broker = None if bootstrap else EmbeddedBroker().__enter__()
+    try:
+        for tier in tiers:
+            model = load_tier(bundle, tier)
+            inputs = _inputs(bundle, tier, x)
+            bare = bare_predict_rate(model, inputs, batch)
+            rate, mean_batch = worker_rate(bootstrap or broker.bootstrap, model, inputs)
+            rows.append({"tier": tier, "bare_rps": bare, "worker_rps": rate, "ratio": rate / bare,
+                         "mean_batch": mean_batch})
+            print(f"{tier:5s} ({model.flops / 1e6:5.1f} MFLOPs/rec): bare batched predict {bare:8.0f} rec/s | worker {rate:8.0f} rec/s "
+                  f"(mean batch {mean_batch:5.1f}) | ratio {rate / bare:4.2f} (target >= 0.8)")
+    finally:
+        if broker is not None:
+            broker.stop()
+    return rows
+
+
+@pytest.mark.bench
+def test_bench_worker(kafka_bootstrap, tiny_bundle):
+    rows = run(n=3000, bundle=tiny_bundle, bootstrap=kafka_bootstrap)
+    assert all(r["worker_rps"] > 0 for r in rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--tiers", default="edge,cloud,full")
+    ap.add_argument("--bundle", default=None)
+    ap.add_argument("--width", type=float, default=0.5, help="channel width of the benchmark bundle's CNN")
+    args = ap.parse_args()
+    run(args.n, tuple(args.tiers.split(",")), args.bundle, width=args.width)
