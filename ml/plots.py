@@ -22,9 +22,13 @@ def plot_training(history: dict[str, list[float]], path: str | Path) -> Path:
     """Per-exit accuracy and total loss per epoch (train and validation)."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, v in sorted(history.items()):
-        if k.endswith("accuracy"):
-            a1.plot(range(1, len(v) + 1), v, ls="--" if k.startswith("val_") else "-", label=k)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    exits = sorted({k.removeprefix("val_") for k in history if k.endswith("accuracy")})
+    for i, name in enumerate(exits):
+        for prefix, ls in (("", "-"), ("val_", "--")):
+            v = history.get(prefix + name)
+            if v:
+                a1.plot(range(1, len(v) + 1), v, ls=ls, color=colors[i % len(colors)], label=prefix + name)
     for k in ("loss", "val_loss"):
         if k in history:
             a2.plot(range(1, len(history[k]) + 1), history[k], label=k)
