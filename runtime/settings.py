@@ -60,6 +60,9 @@ class WorkerSettings(BaseModel):
     # that the highest live tier answers first and the others see its answer and stay quiet.
     degrade_grace_ms: int = 150
     max_record_bytes: int = 4 * 1024 * 1024
+    # A tier that watches APP.results skips records whose request was already answered (replays after a
+    # crash); needs request ids to be unique, which the contract requires.
+    skip_answered: bool = True
     # Activations between tiers: "float32" keeps decisions identical to the offline evaluation,
     # "float16" halves the bytes on each link (decisions near a threshold may then differ).
     activation_dtype: str = "float32"

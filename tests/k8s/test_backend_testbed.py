@@ -53,3 +53,20 @@ def test_missing_model_fails_readiness_with_pod_events_and_logs(k8s_settings, tm
     assert any(line.startswith(f"[pod {name}-") and str(missing) in line for line in backend_log)
     backend.stop_tier(release.app, "9", "cloud", timeout_s=60)
     assert backend.running(release.app) == {}
+
+
+def test_rollout_identity_cannot_read_secrets_or_touch_other_namespaces(rollout_kubeconfig):
+    """The Role is least privilege: tier Deployments yes, Secrets and other namespaces no."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(rollout_kubeconfig)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    apps.list_namespaced_deployment("tierflow")  # allowed
+    for call in (lambda: core.list_namespaced_secret("tierflow"),
+                 lambda: core.read_namespaced_secret("tierflow-secrets", "tierflow"),
+                 lambda: apps.list_namespaced_deployment("default"),
+                 lambda: core.create_namespaced_config_map("tierflow", client.V1ConfigMap(
+                     metadata=client.V1ObjectMeta(name="x")))):
+        with pytest.raises(client.ApiException) as err:
+            call()
+        assert err.value.status == 403
