@@ -120,7 +120,9 @@ def calibrate(
         accs = np.array([final_acc])
         diffs = np.zeros(1)
     else:
-        grids = [_grid(conf[e], grid_size) for e in gated]
+        # exhaustive search is G^(gated exits); keep it near 20k threshold sets for deep models
+        g = grid_size if len(gated) <= 2 else max(5, min(grid_size, int(round(20000 ** (1 / (len(gated) - 1))))))
+        grids = [_grid(conf[e], g) for e in gated]
         outer = list(itertools.product(*grids[:-1]))
         last = gated[-1]
         g_last = grids[-1]

@@ -108,3 +108,20 @@ def test_bad_calibration_input_is_a_clear_error(known_case):
         calibrate(probs, y, objective="fastest")
     with pytest.raises(ValueError, match="one prediction per calibration label"):
         calibrate(probs, y[:10])
+
+
+def test_many_exits_stay_tractable_and_meet_the_constraint():
+    rng = np.random.default_rng(0)
+    n, k = 2000, 4
+    y = rng.integers(0, k, n)
+    probs = []
+    for skill in (0.4, 0.6, 0.75, 0.85, 0.95):
+        logits = rng.normal(size=(n, k))
+        logits[np.arange(n), y] += skill * 5 * rng.random(n)
+        e = np.exp(logits)
+        probs.append(e / e.sum(axis=1, keepdims=True))
+    cal = calibrate(probs, y, tolerance=1.0)
+    ev = evaluate_cascade(probs, y, cal.thresholds, None)
+    assert cal.feasible and ev["accuracy"] >= ev["final_exit_accuracy"] - 0.01
+    assert ev["accuracy"] == pytest.approx(cal.accuracy)
+    assert sum(cal.exit_fractions[:-1]) > 0  # something leaves early
