@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.stack",
     "tests.fixtures.models",
+    "tests.fixtures.dagtest",
 ]

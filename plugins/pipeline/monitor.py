@@ -93,18 +93,25 @@ def read_window(settings: Any, *, idle_s: float = 3.0, max_s: float = 60.0) -> t
     state = json.loads(state_file.read_text()) if state_file.exists() else {"pending": [], "truths": {}}
     consumer = Consumer(consumer_config(settings, f"{settings.app}.monitor",
                                         **{"auto.offset.reset": "earliest"}))
-    consumer.subscribe(topics)
+    assigned: list = []
+    consumer.subscribe(topics, on_assign=lambda c, parts: assigned.extend(parts))
     results: list[dict] = list(state["pending"])
     truths: dict[str, int] = {k: int(v) for k, v in state["truths"].items()}
-    start = last = time.monotonic()
+    consumed = 0
+    start = time.monotonic()
+    last = None  # the idle clock starts once the group has given us the partitions
     try:
-        while time.monotonic() - last < idle_s and time.monotonic() - start < max_s:
-            msgs = consumer.consume(500, timeout=0.5)
-            for m in msgs:
+        while time.monotonic() - start < max_s:
+            if last is None and assigned:
+                last = time.monotonic()
+            if last is not None and time.monotonic() - last >= idle_s:
+                break
+            for m in consumer.consume(500, timeout=0.5):
                 if m.error():
                     if m.error().code() != KafkaError._PARTITION_EOF:
                         raise RuntimeError(f"monitor cannot read {m.topic()}: {m.error()}")
                     continue
+                consumed += 1
                 last = time.monotonic()
                 try:
                     value = json.loads(m.value())
@@ -114,12 +121,16 @@ def read_window(settings: Any, *, idle_s: float = 3.0, max_s: float = 60.0) -> t
                     results.append(value)
                 elif m.topic() == topics[1] and "request_id" in value and "label" in value:
                     truths[str(value["request_id"])] = int(value["label"])
+        if not assigned:
+            raise RuntimeError(f"monitor got no partitions of {topics} in {max_s:.0f}s; is the broker up?")
         pending = [r for r in results if str(r["request_id"]) not in truths][-PENDING_LIMIT:]
         answered = {str(r["request_id"]) for r in results}
-        waiting_truths = {k: v for k, v in truths.items() if k not in answered}
+        waiting = {k: v for k, v in truths.items() if k not in answered}
         state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"pending": pending, "truths": dict(list(waiting_truths.items())[-PENDING_LIMIT:])}))
-        consumer.commit(asynchronous=False) if results or truths else None
+        state_file.write_text(json.dumps({"pending": pending, "truths": dict(list(waiting.items())[-PENDING_LIMIT:])}))
+        positions = [tp for tp in consumer.position(assigned) if tp.offset >= 0]
+        if consumed and positions:
+            consumer.commit(offsets=positions, asynchronous=False)  # after the state is saved: nothing skipped
     finally:
         consumer.close()
     return results, truths

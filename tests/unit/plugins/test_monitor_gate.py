@@ -1,0 +1,46 @@
+"""Pure decisions of the control plane: live stats, drift, retrain reasons, the champion gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugins.pipeline.ml_steps import gate_verdict
+from plugins.pipeline.monitor import MonitorBounds, exit_drift, live_stats, retrain_reasons
+
+
+def result(rid, label, tier="edge", version="1"):
+    return {"request_id": rid, "label": label, "tier": tier, "model_version": version}
+
+
+def test_live_stats_joins_by_request_id_and_keeps_the_first_answer():
+    results = [result("a", 1), result("b", 2, "fog"), result("a", 9), result("c", 3, "cloud")]
+    stats = live_stats(results, {"a": 1, "b": 5, "z": 0})
+    assert (stats.results, stats.joined, stats.correct) == (3, 2, 1)
+    assert stats.accuracy == 0.5
+    assert stats.tier_fractions == pytest.approx({"edge": 1 / 3, "fog": 1 / 3, "cloud": 1 / 3})
+
+
+def test_exit_drift_is_total_variation():
+    assert exit_drift({"edge": 0.5, "fog": 0.5}, {"edge": 0.5, "fog": 0.5}) == 0
+    assert exit_drift({"edge": 1.0}, {"cloud": 1.0}) == 1
+    assert exit_drift({"edge": 0.7, "cloud": 0.3}, {"edge": 0.5, "cloud": 0.5}) == pytest.approx(0.2)
+
+
+def test_retrain_reasons_accuracy_drift_and_too_little_data():
+    bounds = MonitorBounds(min_accuracy=0.8, max_exit_drift=0.2, min_samples=4, min_results=4)
+    bad = live_stats([result(str(i), 0) for i in range(10)], {str(i): i % 2 for i in range(10)})
+    reasons = retrain_reasons(bad, {"edge": 0.3, "cloud": 0.7}, bounds)
+    assert any("live accuracy 0.500 < 0.800" in r for r in reasons)
+    assert any("exit-rate drift 0.700 > 0.200" in r for r in reasons)
+    few = live_stats([result("1", 0)], {"1": 1})
+    assert retrain_reasons(few, {"cloud": 1.0}, bounds) == []
+    good = live_stats([result(str(i), 0) for i in range(10)], {str(i): 0 for i in range(10)})
+    assert retrain_reasons(good, {"edge": 0.9, "fog": 0.1}, bounds) == []
+
+
+def test_gate_passes_without_champion_and_within_margin_only():
+    assert gate_verdict(0.5, None, 0.01)["passed"]
+    champ = {"release": "3", "metrics": {"test_accuracy": 0.85}}
+    assert gate_verdict(0.845, champ, 0.01)["passed"]
+    verdict = gate_verdict(0.80, champ, 0.01)
+    assert not verdict["passed"] and "champion release 3 0.8500" in verdict["reason"]
