@@ -83,6 +83,7 @@ class Batch:
 
 
 MAX_INFLIGHT_BATCHES = 8
+ANSWERED_MEMORY = 200_000  # request ids seen on APP.results that a watching tier remembers
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class TierWorker:
         self._pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
         self.consumed = 0  # records taken from the input topic (answered, forwarded or dead-lettered)
+        self._answered: dict[str, None] = {}  # insertion-ordered set of recently answered request ids
         self._inflight: deque[Batch] = deque()
         self._batch = Batch()
         self._bytes_out: Counter[str] = Counter()
@@ -271,6 +273,11 @@ class TierWorker:
                 headers, sample = self._validate(m)
             except Rejected as rej:
                 self._dead_letter(m, rej)
+                continue
+            if self._answered and headers[codec.REQUEST_ID] in self._answered:
+                # Already answered (a replay after a crash, or a degraded answer while this tier was down):
+                # serving it again would only produce a duplicate.
+                self.metrics.record("skipped_answered")
                 continue
             valid.append((m, headers, sample))
         if valid:
@@ -449,8 +456,6 @@ class TierWorker:
         if self._watcher is None:
             return
         msgs = self._watcher.consume(1000, timeout=0)
-        if not self._pending:
-            return
         for m in msgs:
             if m.error():
                 continue
@@ -459,7 +464,12 @@ class TierWorker:
             if rid is None:
                 rid = dict(m.headers() or []).get(codec.REQUEST_ID, b"").decode(errors="replace")
             self._pending.pop(rid, None)
-        self.metrics.pending.set(len(self._pending))
+            if self.ws.skip_answered:
+                self._answered[rid] = None
+        while len(self._answered) > ANSWERED_MEMORY:
+            del self._answered[next(iter(self._answered))]
+        if msgs:
+            self.metrics.pending.set(len(self._pending))
 
     def _expire_pending(self) -> None:
         now = codec.now_ms()
