@@ -127,6 +127,24 @@ def evaluate_bundle(bundle_dir: str | Path, test: Dataset, tier_costs: Sequence[
     )
 
 
+def tflite_accuracy(bundle_dir: str | Path, test: Dataset) -> dict[str, Any]:
+    """First-tier exit accuracy of the Keras tier and of its TFLite exports, and their argmax agreement."""
+    from ml.bundle import load_bundle_tier, read_manifest
+    from ml.export import run_tflite
+
+    m = read_manifest(bundle_dir)
+    first = load_bundle_tier(bundle_dir, m.tiers[0].name)
+    probs, _ = first.predict(test.x)
+    ref = probs[0].argmax(axis=1)
+    out: dict[str, Any] = {"n": len(test), "tier": first.name, "keras_accuracy": float((ref == test.y).mean())}
+    for kind, file in m.tflite.items():
+        pred = run_tflite((Path(bundle_dir) / file).read_bytes(), test.x)[0].argmax(axis=1)
+        out[f"{kind}_accuracy"] = float((pred == test.y).mean())
+        out[f"{kind}_agreement"] = float((pred == ref).mean())
+        out[f"{kind}_bytes"] = (Path(bundle_dir) / file).stat().st_size
+    return out
+
+
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The numbers worth charting, as a flat dict."""
     out: dict[str, float] = {}
@@ -136,6 +154,9 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
             out[f"test_{k}"] = float(ev[k])
     for t, f in ev.get("tier_fractions", {}).items():
         out[f"test_fraction_{t}"] = float(f)
+    for k, v in ev.get("tflite", {}).items():
+        if k.endswith(("_accuracy", "_agreement")):
+            out[f"test_tflite_{k}"] = float(v)
     for m in report.get("val_exits", []):
         out[f"val_exit{m['exit']}_accuracy"] = float(m["accuracy"])
     for m in report.get("test_exits", []):
@@ -173,6 +194,8 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     _, _, tier_cost = tier_costs_for(model, cfg)
     evaluation = evaluate_bundle(bundle_dir, test, tier_costs=tier_cost)
     test_probs = predict_exits(model, test.x.astype("float32"))
+    if manifest.tflite:
+        evaluation["tflite"] = tflite_accuracy(bundle_dir, test.take(np.arange(min(500, len(test)))))
     report = {
         "config": _jsonable(asdict(cfg)),
         "n": {"train": len(train), "val": len(val), "test": len(test)},

@@ -78,6 +78,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         "bytes per request: " + ", ".join(f"{k} {v:.0f} B" for k, v in ev["bytes_per_request"].items())
         + f"; cloud-only: device-cloud {ev['cloud_only']['bytes_per_request']['device-cloud']:.0f} B",
     ]
+    if "tflite" in ev:
+        t = ev["tflite"]
+        lines.append(f"{t['tier']} tier on {t['n']} test images: Keras {t['keras_accuracy']:.4f}, TFLite float "
+                     f"{t.get('float_accuracy', float('nan')):.4f} ({t.get('float_bytes', 0) / 1024:.0f} KB), int8 "
+                     f"{t.get('int8_accuracy', float('nan')):.4f} ({t.get('int8_bytes', 0) / 1024:.0f} KB, "
+                     f"agrees with Keras on {t.get('int8_agreement', float('nan')):.1%})")
     for name, c in summary["checks"].items():
         lines.append(f"[{'PASS' if c['ok'] else 'FAIL'}] {name}: {c['value']:.4f}")
     lines.append(f"report: {summary['report']}; plots: {', '.join(Path(p).name for p in summary['plots'])}")

@@ -112,7 +112,7 @@ def new_manifest(name: str, version: str, class_names: Sequence[str], shape: Seq
 
 
 def write_shard(x: np.ndarray, y: np.ndarray, key: str, manifest: ShardManifest | None = None,
-                source: ShardSource | dict | None = None) -> tuple[bytes, ShardEntry]:
+                source: ShardSource | dict | None = None, compress: bool = True) -> tuple[bytes, ShardEntry]:
     """Encode one shard; returns its bytes (to upload/write under ``key``) and its manifest entry.
 
     With ``manifest``, the samples are checked against its shape/dtype/classes (and the entry is *not*
@@ -136,7 +136,8 @@ def write_shard(x: np.ndarray, y: np.ndarray, key: str, manifest: ShardManifest 
         if y.min() < 0 or y.max() >= k:
             raise ValueError(f"unknown labels in shard {key!r}: ids must be in 0..{k - 1}")
     buf = io.BytesIO()
-    np.savez_compressed(buf, x=x, y=y.astype(np.int64))
+    # compress=False (plain NPZ, same reader): stream ingestion, where zlib costs more than it saves.
+    (np.savez_compressed if compress else np.savez)(buf, x=x, y=y.astype(np.int64))
     data = buf.getvalue()
     if isinstance(source, dict):
         source = ShardSource(**source)

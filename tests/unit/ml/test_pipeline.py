@@ -36,6 +36,8 @@ def test_pipeline_writes_bundle_report_and_plots(small_run):
         assert key in result.metrics
     assert sum(v for k, v in result.metrics.items() if k.startswith("test_fraction_")) == pytest.approx(1.0)
     assert 0 < result.metrics["test_relative_compute"] <= 1.0 + 1e-9
+    tfl = report["test"]["tflite"]
+    assert tfl["float_agreement"] >= 0.99 and tfl["int8_agreement"] >= 0.8, tfl
 
 
 def test_calibration_constraint_holds_on_validation(small_run):
