@@ -32,11 +32,15 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from runtime import codec
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class IngestResult:
     shards_written: int
     bytes_consumed: int  # record values + keys read from Kafka by this run
     seconds: float
+    active_seconds: float  # from the first record to the end (without the group join and idle wait)
     class_counts: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,10 +88,20 @@ class _Block:
     """Records of one partition's offset block waiting for their shard upload and commit."""
 
     block: int
-    xs: list[np.ndarray] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)  # tensor records: dataset header + raw sample bytes
     ys: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+    first: int = -1  # first and last offset of a good record
+    last: int = -1
     last_seen: int = -1  # last offset consumed (good or malformed): the commit is last_seen + 1
+
+
+@dataclass
+class _Upload:
+    """A shard upload in flight; its partition's offset is committed once it (and all before it) finished."""
+
+    future: Any
+    commit: Any  # TopicPartition(topic, partition, last_seen + 1)
+    event: IngestEvent | None  # "uploaded" (None: a block of malformed records only, nothing to upload)
 
 
 class Layout:
@@ -183,98 +198,170 @@ class _Run:
         if (self.shape is None) != (self.dtype is None):
             raise ValueError("give both sample shape and dtype, or neither (then the first record decides)")
         self.on_event = on_event or (lambda _e: None)
+        self.label_ids: dict[bytes, int] = {}
+        self.prefix = b""  # tensor-record header every dataset sample starts with (fast path)
+        self.sample_bytes = 0
+        if self.shape is not None:
+            self._set_spec(self.shape, self.dtype)
         self.blocks: dict[int, _Block] = {}
         self.written: dict[str, tuple[int, int, int, int, Any]] = {}  # key -> (p, first, last, ms, entry)
         self.consumed = self.good = self.malformed = self.bytes = 0
+        self.first_record_at: float | None = None
         self.class_counts = np.zeros(len(self.class_names), dtype=np.int64)
 
     # -- decoding --------------------------------------------------------------------------------
-    def decode(self, msg: Any) -> tuple[np.ndarray, int]:
-        """(sample, class id) of a training record, or CodecError/ValueError with the DLQ reason."""
-        from ml.shards import encode_labels
-        from runtime import codec
+    def _set_spec(self, shape: Sequence[int], dtype: str) -> None:
+        self.shape, self.dtype = [int(d) for d in shape], str(np.dtype(dtype))
+        record = codec.encode_tensor(np.zeros(self.shape, dtype=self.dtype))
+        self.sample_bytes = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        self.prefix = record[:len(record) - self.sample_bytes]
 
-        headers = codec.parse_headers(msg.headers())
-        label = headers.get(codec.LABEL)
-        if label is None or label == "":
+    def label_id(self, label: bytes | None) -> int:
+        from ml.shards import encode_labels
+        if not label:
             raise codec.CodecError(f"missing {codec.LABEL} header (training samples need a label)")
-        y = int(encode_labels([label], self.class_names)[0])
-        ctype = headers.get(codec.CONTENT_TYPE)
+        y = self.label_ids.get(label)
+        if y is None:
+            y = self.label_ids[label] = int(encode_labels([label.decode("utf-8")], self.class_names)[0])
+        return y
+
+    def decode(self, msg: Any) -> tuple[bytes, int]:
+        """(raw sample bytes in the dataset's shape/dtype, class id) of a training record, or
+        CodecError/ValueError with the DLQ reason. Tensor records of exactly the dataset's shape and
+        dtype take a fast path (one bytes comparison); anything else goes through runtime.codec."""
+        label = ctype = None
+        for key, value in msg.headers() or ():
+            if key == codec.LABEL:
+                label = value
+            elif key == codec.CONTENT_TYPE:
+                ctype = value
+        y = self.label_id(label)
+        value = msg.value()
+        tensor = ctype in (None, b"", codec.TENSOR.encode())
+        if tensor and self.prefix and value is not None and len(value) == len(self.prefix) + self.sample_bytes \
+                and value.startswith(self.prefix):
+            return value[len(self.prefix):], y
+        ctype_s = ctype.decode("utf-8", "replace") if ctype else None
         if self.shape is None:
-            if ctype not in (None, "", codec.TENSOR):
-                raise codec.CodecError(f"{ctype} sample before the sample shape is known; send tensors first "
+            if not tensor:
+                raise codec.CodecError(f"{ctype_s} sample before the sample shape is known; send tensors first "
                                        "or give the shape")
-            x = codec.decode_tensor(msg.value())
-            self.shape, self.dtype = list(x.shape), str(x.dtype)
+            x = codec.decode_tensor(value)
+            self._set_spec(x.shape, str(x.dtype))
             log.info("sample spec from the first record: shape %s dtype %s", self.shape, self.dtype)
-            return x, y
+            return x.tobytes(), y
         try:
-            x = codec.decode_input(msg.value(), ctype, self.shape, self.dtype)
+            x = codec.decode_input(value, ctype_s, self.shape, self.dtype)
         except codec.CodecError as exc:
             raise codec.CodecError(f"{exc} (dataset samples are {self.shape} {self.dtype})") from exc
-        return x, y
+        return np.ascontiguousarray(x).tobytes(), y
 
-    # -- per record ------------------------------------------------------------------------------
-    def take(self, msg: Any, producer: Any) -> None:
-        from runtime import codec
+    # -- per record (the hot loop: plain attribute and dict access, C calls once each) ---------------
+    def take_batch(self, msgs: list[Any], producer: Any) -> None:
+        shard_records, blocks, label_ids = self.cfg.shard_records, self.blocks, self.label_ids
+        tensor_type = codec.TENSOR.encode()
+        prefix, size = self.prefix, len(self.prefix) + self.sample_bytes
+        nbytes = 0
+        for msg in msgs:
+            partition, offset, value = msg.partition(), msg.offset(), msg.value()
+            nbytes += len(value) if value is not None else 0
+            block = blocks.get(partition)
+            if block is None or block.block != offset // shard_records:
+                if block is not None:
+                    self.flush([partition], producer)  # the previous block is complete: upload it
+                block = blocks[partition] = _Block(offset // shard_records)
+            block.last_seen = offset
+            label = ctype = None
+            for key, hval in msg.headers() or ():
+                if key == codec.LABEL:
+                    label = hval
+                elif key == codec.CONTENT_TYPE:
+                    ctype = hval
+            y = label_ids.get(label)
+            if (y is not None and prefix and value is not None and len(value) == size
+                    and (ctype is None or ctype == tensor_type) and value.startswith(prefix)):
+                block.values.append(value)
+            else:
+                try:
+                    raw, y = self.decode(msg)
+                except (codec.CodecError, ValueError) as exc:
+                    self.dead_letter(msg, exc, producer)
+                    continue
+                prefix, size = self.prefix, len(self.prefix) + self.sample_bytes  # set by the first record
+                block.values.append(prefix + raw)
+            block.ys.append(y)
+            if block.first < 0:
+                block.first = offset
+            block.last = offset
+        self.consumed += len(msgs)
+        self.bytes += nbytes
 
-        partition, offset = msg.partition(), msg.offset()
-        self.consumed += 1
-        self.bytes += len(msg.value() or b"") + len(msg.key() or b"")
-        block_id = offset // self.cfg.shard_records
-        block = self.blocks.get(partition)
-        if block is not None and block.block != block_id:
-            self.flush([partition], producer)  # the previous block is complete: upload + commit it first
-            block = None
-        if block is None:
-            block = self.blocks[partition] = _Block(block_id)
-        block.last_seen = offset
-        try:
-            x, y = self.decode(msg)
-        except (codec.CodecError, ValueError) as exc:
-            self.malformed += 1
-            headers = [*(msg.headers() or []), (codec.ERROR, str(exc)[:500].encode()),
-                       (SOURCE_TOPIC, msg.topic().encode()), (SOURCE_PARTITION, str(partition).encode()),
-                       (SOURCE_OFFSET, str(offset).encode())]
-            producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
-            producer.poll(0)
-            return
-        block.xs.append(x)
-        block.ys.append(y)
-        block.offsets.append(offset)
-        self.good += 1
-        self.class_counts[y] += 1
+    def dead_letter(self, msg: Any, exc: Exception, producer: Any) -> None:
+        self.malformed += 1
+        headers = [*(msg.headers() or []), (codec.ERROR, str(exc)[:500].encode()),
+                   (SOURCE_TOPIC, msg.topic().encode()), (SOURCE_PARTITION, str(msg.partition()).encode()),
+                   (SOURCE_OFFSET, str(msg.offset()).encode())]
+        producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
+        producer.poll(0)
 
-    # -- upload, then DLQ flush, then commit -----------------------------------------------------
+    # -- upload (background), then DLQ flush, then commit ---------------------------------------------
     def flush(self, partitions: list[int], producer: Any) -> None:
+        """Hand the blocks of these partitions to the uploader; commits follow in `complete()`."""
         from confluent_kafka import TopicPartition
 
-        from ml.shards import ShardSource, shard_key, write_shard
+        from ml.shards import shard_key
 
-        commits = []
         for partition in sorted(set(partitions)):
             block = self.blocks.pop(partition, None)
             if block is None:
                 continue
-            if block.xs:
-                first, last = block.offsets[0], block.offsets[-1]
-                key = shard_key(self.topic, partition, first, last, prefix=self.layout.shards)
-                data, entry = write_shard(np.stack(block.xs), np.asarray(block.ys, dtype=np.int64), key,
-                                          source=ShardSource(topic=self.topic, partition=partition,
-                                                             first_offset=first, last_offset=last))
-                written_ms = int(time.time() * 1000)
-                self.store.put_bytes(key, data, metadata={"count": str(entry.count), "sha256": entry.sha256,
-                                                          WRITTEN_MS: str(written_ms)})
-                self.written[key] = (partition, first, last, written_ms, entry)
-                self.on_event(IngestEvent("uploaded", partition, first, last, key, self.consumed, self.malformed))
-            commits.append(TopicPartition(self.topic, partition, block.last_seen + 1))
-        if not commits:
+            commit = TopicPartition(self.topic, partition, block.last_seen + 1)
+            if not block.values:
+                self.uploads.append(_Upload(None, commit, None))
+                continue
+            self.good += len(block.ys)
+            ys = np.asarray(block.ys, dtype=np.int64)
+            self.class_counts += np.bincount(ys, minlength=len(self.class_names))
+            key = shard_key(self.topic, partition, block.first, block.last, prefix=self.layout.shards)
+            future = self.uploader.submit(self._upload, partition, block, ys, key)
+            self.uploads.append(_Upload(future, commit, IngestEvent(
+                "uploaded", partition, block.first, block.last, key, self.consumed, self.malformed)))
+        self.complete(producer, wait=False)
+
+    def _upload(self, partition: int, block: _Block, ys: np.ndarray, key: str) -> None:
+        """Build the shard and put it (uploader thread: numpy, sha256 and sockets release the GIL)."""
+        from ml.shards import ShardSource, write_shard
+
+        n, head = len(block.values), len(self.prefix)
+        rows = np.frombuffer(b"".join(block.values), dtype=np.uint8).reshape(n, head + self.sample_bytes)
+        x = np.ascontiguousarray(rows[:, head:]).view(self.dtype).reshape(n, *self.shape)
+        data, entry = write_shard(x, ys, key, compress=self.cfg.compress,
+                                  source=ShardSource(topic=self.topic, partition=partition,
+                                                     first_offset=block.first, last_offset=block.last))
+        written_ms = int(time.time() * 1000)
+        self.store.put_bytes(key, data, {"count": str(entry.count), "sha256": entry.sha256,
+                                         WRITTEN_MS: str(written_ms), "shape": json.dumps(self.shape),
+                                         "dtype": str(self.dtype)})
+        self.written[key] = (partition, block.first, block.last, written_ms, entry)
+
+    def complete(self, producer: Any, wait: bool) -> None:
+        """Commit the offsets of finished uploads, oldest first; with wait, of all of them."""
+        done: dict[int, Any] = {}
+        while self.uploads and (wait or self.uploads[0].future is None or self.uploads[0].future.done()):
+            up = self.uploads.popleft()
+            if up.future is not None:
+                up.future.result()  # an upload error propagates: nothing after it is committed
+                self.on_event(up.event)
+            done[up.commit.partition] = up.commit
+        if not done:
             return
-        remaining = producer.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} dead-letter records not delivered to {self.dlq_topic}; not committing")
-        self.consumer.commit(offsets=commits, asynchronous=False)
-        for tp in commits:
+        if len(producer) and producer.flush(30):
+            raise RuntimeError(f"{len(producer)} dead-letter records not delivered to {self.dlq_topic}; "
+                               "not committing")
+        # Asynchronous is safe: the commit is only *sent* after the upload; if it is lost in a crash,
+        # the re-run reads those records again and rewrites the same shard keys. The last one waits.
+        self.consumer.commit(offsets=list(done.values()), asynchronous=not wait)
+        for tp in done.values():
             self.on_event(IngestEvent("committed", tp.partition, None, tp.offset - 1, None, self.consumed,
                                       self.malformed))
 
@@ -297,6 +384,8 @@ class _Run:
                     continue
                 p, first, last = parsed
                 ms = int(meta.get(WRITTEN_MS, "0"))
+                if self.shape is None and "shape" in meta and "dtype" in meta:  # a crashed run's shards
+                    self._set_spec(json.loads(meta["shape"]), meta["dtype"])
                 entry = ShardEntry(key=key, count=int(meta["count"]), sha256=meta["sha256"],
                                    source=ShardSource(topic=self.topic, partition=p, first_offset=first,
                                                       last_offset=last))
@@ -335,6 +424,8 @@ class _Run:
         ensure_topics(self.settings, [self.topic, self.dlq_topic])
         self.store.ensure_bucket()
         self.consumer = Consumer(consumer_config(self.settings, self.group_id, **{"enable.partition.eof": True}))
+        self.uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-upload")
+        self.uploads: deque[_Upload] = deque()
         producer = Producer(producer_config(self.settings))
         assigned: set[int] = set()
         at_eof: set[int] = set()
@@ -344,37 +435,52 @@ class _Run:
 
         def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
             # Another ingest joined: finish our blocks of the lost partitions before giving them up.
-            lost = [tp.partition for tp in partitions if tp.partition in self.blocks]
-            if lost:
-                self.flush(lost, producer)
+            # After a failure (close() also revokes), commit nothing more: the re-run reads them again.
+            if not failed:
+                lost = [tp.partition for tp in partitions if tp.partition in self.blocks]
+                if lost:
+                    self.flush(lost, producer)
+                self.complete(producer, wait=True)
             for tp in partitions:
                 assigned.discard(tp.partition)
                 at_eof.discard(tp.partition)
 
+        failed = False
         self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke)
         last_record = time.monotonic()
         try:
             while not (max_records and self.consumed >= max_records):
                 batch = self.consumer.consume(num_messages=min(1000, max_records - self.consumed)
                                               if max_records else 1000, timeout=0.2)
-                for msg in batch:
+                records = []
+                for msg in batch:  # in order: a partition is at EOF if its EOF event follows its records
                     err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            at_eof.add(msg.partition())
-                            continue
+                    if err is None:
+                        records.append(msg)
+                        at_eof.discard(msg.partition())
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        at_eof.add(msg.partition())
+                    else:
                         raise KafkaException(err)
-                    at_eof.discard(msg.partition())
-                    self.take(msg, producer)
+                if records:
+                    self.take_batch(records, producer)
+                self.complete(producer, wait=False)
                 if batch:
                     last_record = time.monotonic()
+                    if self.first_record_at is None:
+                        self.first_record_at = last_record
                 elif not assigned:
                     last_record = time.monotonic()  # the idle clock starts once partitions are ours
                 if assigned and (assigned <= at_eof or time.monotonic() - last_record > idle_timeout_s):
                     break
             self.flush(list(self.blocks), producer)  # partial last blocks
+            self.complete(producer, wait=True)
             key, manifest = self.build_manifest()
+        except BaseException:
+            failed = True
+            raise
         finally:
+            self.uploader.shutdown(wait=True)
             self.consumer.close()
             producer.flush(10)
         latest_key = key or self.prev_key
@@ -385,6 +491,7 @@ class _Run:
             latest_manifest_uri=self.store.uri(latest_key) if latest_key else None, records=records,
             new_records=self.good, malformed=self.malformed, shards_written=len(self.written),
             bytes_consumed=self.bytes, seconds=time.monotonic() - started,
+            active_seconds=time.monotonic() - (self.first_record_at or time.monotonic()),
             class_counts={n: int(c) for n, c in zip(self.class_names, self.class_counts, strict=True) if c})
 
 
