@@ -8,15 +8,16 @@ import urllib.request
 from pathlib import Path
 
 
-def bench_bundle(path: str | os.PathLike | None = None, width: float = 0.5) -> Path:
-    """A small compact-CNN bundle (``width`` scales the channels; 0.5 is the tests' tiny bundle), built
-    once into ~/.cache/tierflow/bench-bundle-w<width> (or $TIERFLOW_BENCH_BUNDLE)."""
-    target = Path(path or os.environ.get("TIERFLOW_BENCH_BUNDLE")
-                  or Path.home() / ".cache" / "tierflow" / f"bench-bundle-w{width:g}")
+def bench_bundle(path: str | os.PathLike | None = None, width: float = 0.5, epochs: int = 2,
+                 n_train: int = 3000) -> Path:
+    """A compact-CNN bundle (``width`` scales the channels; defaults = the tests' tiny bundle), built once
+    into ~/.cache/tierflow/bench-bundle-w<width>[-e<epochs>-n<n_train>] (or $TIERFLOW_BENCH_BUNDLE)."""
+    name = f"bench-bundle-w{width:g}" + ("" if (epochs, n_train) == (2, 3000) else f"-e{epochs}-n{n_train}")
+    target = Path(path or os.environ.get("TIERFLOW_BENCH_BUNDLE") or Path.home() / ".cache" / "tierflow" / name)
     if not (target / "manifest.json").is_file():
         from ml.tiny import build_tiny_bundle
 
-        build_tiny_bundle(target, width=width)
+        build_tiny_bundle(target, width=width, epochs=epochs, n_train=n_train)
     return target
 
 
