@@ -53,7 +53,8 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
     "canary_accuracy_drop": (0.1, {"type": "number", "minimum": 0, "maximum": 1},
                              "Canary: live accuracy may be at most this much below the offline test accuracy."),
     "dataset": ("", {"type": "string"},
-                "Dataset manifest URI (s3://...); empty = the triggering Asset event or the newest dataset."),
+                "Dataset manifest URI (s3://...), 'fashion-mnist' (built-in), or empty = the triggering Asset "
+                "event or the newest ingested dataset."),
 }
 
 
@@ -187,9 +188,10 @@ def validate(conf: dict[str, Any]) -> PipelineConfig:
         problems.append(f"canary_requests={v['canary_requests']!r}: give a whole number from 0 to 100000")
     if not _number(v["canary_max_p95_ms"]) or v["canary_max_p95_ms"] <= 0:
         problems.append(f"canary_max_p95_ms={v['canary_max_p95_ms']!r}: give a latency in ms > 0")
-    if not isinstance(v["dataset"], str) or (v["dataset"] and not v["dataset"].startswith(("s3://", "/", "file:"))):
+    if not isinstance(v["dataset"], str) or (v["dataset"] and v["dataset"] != "fashion-mnist"
+                                             and not v["dataset"].startswith(("s3://", "/", "file:"))):
         problems.append(f"dataset={v['dataset']!r}: give an s3:// (or local path) dataset manifest URI, "
-                        "or leave empty for the newest dataset")
+                        "'fashion-mnist' (the built-in train split), or leave empty for the newest dataset")
 
     if problems:
         raise ParamError("invalid pipeline parameters:\n- " + "\n- ".join(problems))
