@@ -105,7 +105,11 @@ def test_register_load_promote_export(reg_settings: Settings, tiny_bundle: Path,
     assert int(rel2.release) == int(rel.release) + 1
     assert registry.release_versions(app, "candidate", s) == rel2.versions
     assert registry.release_versions(app, "champion", s) == rel.versions
-    registry.promote(app, "candidate", s)
+    from plugins.hooks.mlflow import MlflowRegistryHook
+
+    hook = MlflowRegistryHook.from_settings(s)
+    assert hook.uris("candidate") == rel2.uris and hook.champion_metrics()["release"] == rel.release
+    hook.promote("candidate")
     assert registry.champion_metrics(app, s)["metrics"]["test_accuracy"] == pytest.approx(0.9)
     for tier, version in rel2.versions.items():
         assert client.get_model_version_by_alias(f"{app}-{tier}", "champion").version == version
