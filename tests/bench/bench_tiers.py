@@ -33,12 +33,13 @@ def _bytes_by_topic(deployment) -> dict[str, float]:
 
 
 def measure(bootstrap: str, bundle: Path, tiers: tuple[str, ...], x, y, rate: float, concurrency: int,
-            log_dir: Path) -> dict:
+            log_dir: Path, activation_dtype: str = "float32") -> dict:
     from runtime.client import simulate
     from runtime.local import LocalDeployment
-    from runtime.settings import KafkaSettings, Settings
+    from runtime.settings import KafkaSettings, Settings, WorkerSettings
 
-    settings = Settings(app=f"bt{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap))
+    settings = Settings(app=f"bt{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap),
+                        worker=WorkerSettings(activation_dtype=activation_dtype))
     entry = tiers[0]
     with LocalDeployment(settings, bundle, log_dir, tiers=tiers) as dep:
         simulate(settings, x[:200], y[:200], concurrency=16, entry_tier=entry, progress=False)  # warm-up
@@ -60,12 +61,12 @@ def measure(bootstrap: str, bundle: Path, tiers: tuple[str, ...], x, y, rate: fl
 
 
 def run(n: int = 2000, rate: float = 200.0, concurrency: int = 32, bundle=None, bootstrap=None,
-        width: float = 0.5) -> dict:
+        width: float = 0.5, epochs: int = 8, n_train: int = 12000) -> dict:
     from ml.datasets import load_fashion_mnist
     from runtime.broker import EmbeddedBroker
     from runtime.local import CLOUD_ONLY, TIERS_3
 
-    bundle = bench_bundle(bundle, width)
+    bundle = bench_bundle(bundle, width, epochs, n_train)
     test = load_fashion_mnist("test")
     x, y = test.x[:n], test.y[:n]
     print(machine_line())
@@ -73,9 +74,10 @@ def run(n: int = 2000, rate: float = 200.0, concurrency: int = 32, bundle=None, 
     broker = None if bootstrap else EmbeddedBroker().__enter__()
     out = {}
     try:
-        for name, tiers in (("3-tier", TIERS_3), ("cloud-only", CLOUD_ONLY)):
+        for name, tiers, act in (("3-tier", TIERS_3, "float32"), ("cloud-only", CLOUD_ONLY, "float32"),
+                                 ("3-tier fp16 links", TIERS_3, "float16")):
             out[name] = measure(bootstrap or broker.bootstrap, bundle, tiers, x, y, rate, concurrency,
-                                Path(tempfile.mkdtemp(prefix=f"bench-{name}-")))
+                                Path(tempfile.mkdtemp(prefix="bench-tiers-")), act)
     finally:
         if broker is not None:
             broker.stop()
@@ -102,7 +104,7 @@ def run(n: int = 2000, rate: float = 200.0, concurrency: int = 32, bundle=None, 
 
 @pytest.mark.bench
 def test_bench_tiers(kafka_bootstrap, tiny_bundle):
-    out = run(n=600, rate=100, concurrency=16, bundle=tiny_bundle, bootstrap=kafka_bootstrap)
+    out = run(n=600, rate=100, concurrency=16, bundle=tiny_bundle, bootstrap=kafka_bootstrap)  # tiny: no accuracy claims
     assert all(m["open"].missing == 0 for m in out.values())
 
 
@@ -113,5 +115,6 @@ if __name__ == "__main__":
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs of the benchmark bundle")
     args = ap.parse_args()
-    run(args.n, args.rate, args.concurrency, args.bundle, width=args.width)
+    run(args.n, args.rate, args.concurrency, args.bundle, width=args.width, epochs=args.epochs)
