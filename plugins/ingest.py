@@ -257,13 +257,24 @@ class _Run:
         return np.ascontiguousarray(x).tobytes(), y
 
     # -- per record (the hot loop: plain attribute and dict access, C calls once each) ---------------
-    def take_batch(self, msgs: list[Any], producer: Any) -> None:
+    def take_batch(self, msgs: list[Any], producer: Any, at_eof: set[int]) -> int:
+        """Take one consumed batch in order; partition-EOF events update at_eof. Returns records taken."""
+        from confluent_kafka import KafkaError, KafkaException
+
         shard_records, blocks, label_ids = self.cfg.shard_records, self.blocks, self.label_ids
-        tensor_type = codec.TENSOR.encode()
+        label_key, ctype_key, tensor_type = codec.LABEL, codec.CONTENT_TYPE, codec.TENSOR.encode()
         prefix, size = self.prefix, len(self.prefix) + self.sample_bytes
-        nbytes = 0
+        nbytes = taken = 0
         for msg in msgs:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(msg.error())
+                at_eof.add(msg.partition())
+                continue
             partition, offset, value = msg.partition(), msg.offset(), msg.value()
+            if at_eof and partition in at_eof:
+                at_eof.discard(partition)
+            taken += 1
             nbytes += len(value) if value is not None else 0
             block = blocks.get(partition)
             if block is None or block.block != offset // shard_records:
@@ -271,13 +282,9 @@ class _Run:
                     self.flush([partition], producer)  # the previous block is complete: upload it
                 block = blocks[partition] = _Block(offset // shard_records)
             block.last_seen = offset
-            label = ctype = None
-            for key, hval in msg.headers() or ():
-                if key == codec.LABEL:
-                    label = hval
-                elif key == codec.CONTENT_TYPE:
-                    ctype = hval
-            y = label_ids.get(label)
+            headers = dict(msg.headers() or ())
+            y = label_ids.get(headers.get(label_key))
+            ctype = headers.get(ctype_key)
             if (y is not None and prefix and value is not None and len(value) == size
                     and (ctype is None or ctype == tensor_type) and value.startswith(prefix)):
                 block.values.append(value)
@@ -293,8 +300,9 @@ class _Run:
             if block.first < 0:
                 block.first = offset
             block.last = offset
-        self.consumed += len(msgs)
+        self.consumed += taken
         self.bytes += nbytes
+        return taken
 
     def dead_letter(self, msg: Any, exc: Exception, producer: Any) -> None:
         self.malformed += 1
@@ -416,7 +424,7 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, max_records: int, idle_timeout_s: float) -> IngestResult:
-        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+        from confluent_kafka import Consumer, Producer
 
         from runtime.kafka import consumer_config, ensure_topics, producer_config
 
@@ -452,20 +460,9 @@ class _Run:
             while not (max_records and self.consumed >= max_records):
                 batch = self.consumer.consume(num_messages=min(1000, max_records - self.consumed)
                                               if max_records else 1000, timeout=0.2)
-                records = []
-                for msg in batch:  # in order: a partition is at EOF if its EOF event follows its records
-                    err = msg.error()
-                    if err is None:
-                        records.append(msg)
-                        at_eof.discard(msg.partition())
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        at_eof.add(msg.partition())
-                    else:
-                        raise KafkaException(err)
-                if records:
-                    self.take_batch(records, producer)
+                taken = self.take_batch(batch, producer, at_eof) if batch else 0
                 self.complete(producer, wait=False)
-                if batch:
+                if taken:
                     last_record = time.monotonic()
                     if self.first_record_at is None:
                         self.first_record_at = last_record
