@@ -57,13 +57,16 @@ def worker(
 
     settings = get_settings()
     setup_logging(settings.worker.log_level, settings.worker.json_logs)
-    from runtime.worker import serve
+    from runtime.worker import WorkerError, serve
 
     try:
         serve(settings, tier, model_uri, http_port)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         typer.echo(f"error: cannot serve tier {tier!r} from {model_uri!r}: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except WorkerError as exc:
+        typer.echo(f"error: {tier} worker stopped: {exc}", err=True)
+        raise typer.Exit(3) from exc
 
 
 @app.command()
@@ -74,6 +77,8 @@ def demo(
     rate: float = typer.Option(200.0, help="Requests per second of the test stream."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack and tier workers up."),
     stop: bool = typer.Option(False, "--stop", help="Only stop what a --keep-running demo left up."),
+    screenshots: str = typer.Option(None, help="Directory for PNG screenshots of the Airflow grid and MLflow "
+                                               "registry (needs Debian's chromium)."),
 ) -> None:
     """The whole pipeline end to end on the embedded stack (implemented in infra.local.demo)."""
     from infra.local import demo as demo_mod
@@ -83,7 +88,7 @@ def demo(
         return
     try:
         demo_mod.run_demo(train_samples=train_samples, epochs=epochs, requests=requests, rate=rate,
-                          keep_running=keep_running)
+                          keep_running=keep_running, screenshots=screenshots)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user; details were printed above
         typer.echo(f"error: demo failed: {exc}", err=True)
         raise typer.Exit(1) from exc

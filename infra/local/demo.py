@@ -40,7 +40,7 @@ def registration_to_serving(task_instances: list[dict]) -> float | None:
 
 
 def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, keep_running: bool,
-             canary_requests: int = 200) -> dict[str, Any]:
+             canary_requests: int = 200, screenshots: str | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -113,6 +113,15 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows})
         plots = save_plots(report, settings.home / "demo", title=f"v{registered['version']}")
         timings.total_s = time.monotonic() - t0
+        shots: list[str] = []
+        if screenshots:
+            from urllib.parse import quote
+
+            shots = take_screenshots(settings, {
+                "airflow-pipeline-grid": f"{settings.airflow.api_url}/dags/{PIPELINE_DAG}/runs/{quote(run_id, safe='')}",
+                "mlflow-registry": f"{settings.mlflow.tracking_uri}/#/models",
+                "mlflow-model-edge": f"{settings.mlflow.tracking_uri}/#/models/{settings.app}-edge",
+            }, screenshots, airflow_token=airflow.token())
 
         table = Table(title="tierflow demo")
         table.add_column("what")
@@ -136,11 +145,15 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
                         f"{stack.paths.env_file}, TIERFLOW_AIRFLOW__PASSWORD)"),
             ("MLflow", f"{settings.mlflow.tracking_uri}/#/models"),
             ("plots", ", ".join(str(p) for p in plots)),
+            ("screenshots", ", ".join(shots) or "-"),
         ]
         for k, v in rows:
             table.add_row(k, str(v))
         console.print(table)
         ok = True
+        (settings.home / "demo").mkdir(parents=True, exist_ok=True)
+        (settings.home / "demo" / "report.json").write_text(json.dumps(
+            {"summary": s, "timings": timings.__dict__, "release": registered["release"]}, indent=2, default=str))
         return {"summary": s, "trained": trained, "registered": registered, "deployed": deployed,
                 "timings": timings.__dict__}
     finally:
@@ -161,3 +174,87 @@ def stop_everything() -> None:
     settings = load_settings()
     LocalProcessBackend.from_settings(settings).stop_all(settings.app)
     LocalStack(settings).down()
+
+
+# -- screenshots of the UIs (headless Chromium over the DevTools protocol) --------------------------------
+def _cdp_screenshot(ws_url: str, url: str, out: str, cookies: list[dict], width: int, height: int,
+                    settle_s: float) -> None:
+    import base64
+
+    from websockets.sync.client import connect
+
+    with connect(ws_url, max_size=64 * 2**20) as ws:
+        seq = 0
+
+        def call(method: str, **params: Any) -> dict:
+            nonlocal seq
+            seq += 1
+            ws.send(json.dumps({"id": seq, "method": method, "params": params}))
+            while True:
+                msg = json.loads(ws.recv())
+                if msg.get("id") == seq:
+                    if "error" in msg:
+                        raise RuntimeError(f"{method}: {msg['error']}")
+                    return msg.get("result", {})
+
+        call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        for c in cookies:
+            call("Network.setCookie", **c)
+        call("Page.navigate", url=url)
+        time.sleep(settle_s)
+        data = call("Page.captureScreenshot", format="png")["data"]
+    with open(out, "wb") as f:
+        f.write(base64.b64decode(data))
+
+
+def take_screenshots(settings: Any, pages: dict[str, str], out_dir: str, *, airflow_token: str | None = None,
+                     width: int = 1500, height: int = 900, settle_s: float = 8.0) -> list[str]:
+    """PNG of each {name: url}, logged in to Airflow with its JWT cookie. Needs Debian's chromium."""
+    import shutil
+    import subprocess
+    import tempfile
+    import urllib.parse
+    import urllib.request
+    from pathlib import Path
+
+    from infra.local.process import free_port
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise RuntimeError("chromium not found: apt-get install -y chromium")
+    port = free_port()
+    profile = tempfile.mkdtemp(prefix="tierflow-chromium-")
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", f"--remote-debugging-port={port}",
+                             f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    out = []
+    try:
+        deadline = time.monotonic() + 30
+        targets = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:  # noqa: S310
+                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
+                if targets:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        if not targets:
+            raise RuntimeError("headless chromium did not open its DevTools port")
+        ws_url = targets[0]["webSocketDebuggerUrl"]
+        host = urllib.parse.urlparse(settings.airflow.api_url).hostname
+        cookies = [{"name": "_token", "value": airflow_token, "domain": host, "path": "/"}] if airflow_token else []
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for name, url in pages.items():
+            path = str(Path(out_dir) / f"{name}.png")
+            _cdp_screenshot(ws_url, url, path, cookies, width, height, settle_s)
+            out.append(path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+    return out

@@ -21,7 +21,7 @@ class AirflowApiError(RuntimeError):
 
 
 class AirflowClient:
-    def __init__(self, api_url: str, username: str, password: str, timeout_s: float = 30.0):
+    def __init__(self, api_url: str, username: str, password: str, timeout_s: float = 60.0):
         self.api_url = api_url.rstrip("/")
         self.username = username
         self._password = password
@@ -109,8 +109,15 @@ class AirflowClient:
         deadline = time.monotonic() + timeout_s
         last: dict[str, str] = {}
         while True:
-            run = self.run(dag_id, run_id)
-            states = {t["task_id"]: t.get("state") or "none" for t in self.task_instances(dag_id, run_id)}
+            try:
+                run = self.run(dag_id, run_id)
+                states = {t["task_id"]: t.get("state") or "none" for t in self.task_instances(dag_id, run_id)}
+            except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+                # A busy API server (2 cores, training next door) may miss a poll: ask again until the deadline.
+                if time.monotonic() > deadline:
+                    raise AirflowApiError(f"{dag_id} run {run_id}: API unreachable ({exc})") from None
+                time.sleep(5)
+                continue
             if states != last and on_progress:
                 on_progress(states)
             last = states
