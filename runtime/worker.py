@@ -178,10 +178,13 @@ class TierWorker:
         self._http = HealthServer(self._http_host, self._http_port, self.metrics.registry,
                                   ready=lambda: self.ready, alive=self._alive).start()
         in_bootstrap = k.for_tier(self.tier)
-        ensure_topics(self.settings, [r.in_topic], bootstrap=in_bootstrap)
-        ensure_topics(self.settings, [self._results_topic, self._dlq_topic])
-        if r.out_topic:
-            ensure_topics(self.settings, [r.out_topic], bootstrap=k.for_tier(r.next_tier))
+        for topics, bootstrap in (([r.in_topic], in_bootstrap), ([self._results_topic, self._dlq_topic], k.bootstrap),
+                                  ([r.out_topic] if r.out_topic else [], k.for_tier(r.next_tier or self.tier))):
+            try:
+                ensure_topics(self.settings, topics, bootstrap=bootstrap)
+            except Exception as exc:  # KafkaException, timeouts: say where and what to check
+                raise WorkerError(f"cannot create/check topics {topics} on the Kafka cluster at {bootstrap}: "
+                                  f"{exc}; check TIERFLOW_KAFKA__BOOTSTRAP / TIERFLOW_KAFKA__TIER_BOOTSTRAP") from exc
         # Connect producers now (an idempotent producer needs a producer id before its first send) and
         # trace the inference function, both before joining the group, so no batch waits for them.
         self._producer(k.bootstrap)
@@ -204,8 +207,8 @@ class TierWorker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        self.start()
         try:
+            self.start()
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
                 batch = self._fetch()
