@@ -159,12 +159,13 @@ def simulate(
     offset: int = typer.Option(0, min=0, help="First test image."),
     out: str = typer.Option(None, help="Directory for report.json and PNG plots (default $TIERFLOW_HOME/sim/<run>)."),
     feedback: bool = typer.Option(True, help="Publish the ground truth of every answered request to APP.feedback."),
+    mlflow: bool = typer.Option(False, help="Log the summary and plots to MLflow (TIERFLOW_MLFLOW__TRACKING_URI)."),
 ) -> None:
     """Device simulator: stream test images as requests, report accuracy, answers per tier, latency."""
     import json
     import uuid
 
-    from runtime.client import CONTENT_TYPES, publish_feedback, save_plots
+    from runtime.client import CONTENT_TYPES, log_to_mlflow, publish_feedback, save_plots
     from runtime.client import simulate as run_simulation
     from runtime.settings import get_settings
 
@@ -184,6 +185,11 @@ def simulate(
     plots = save_plots(report, out_dir, title=f"({run_id})")
     if feedback:
         publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows if "label" in r})
+    if mlflow:
+        run = log_to_mlflow(report, plots, settings.mlflow.tracking_uri, f"{settings.app}-simulations",
+                            {"n": n, "rate": rate, "concurrency": concurrency, "content_type": content_type,
+                             "entry_tier": entry_tier})
+        typer.echo(f"logged to MLflow run {run} at {settings.mlflow.tracking_uri}")
     typer.echo(json.dumps(summary, indent=1))
     typer.echo(f"report and plots: {out_dir / 'report.json'} {' '.join(str(p) for p in plots)}")
     if report.missing:

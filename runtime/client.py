@@ -288,6 +288,23 @@ def save_plots(report: SimReport, out_dir: Path, title: str = "") -> list[Path]:
     return paths
 
 
+def log_to_mlflow(report: SimReport, plots: list[Path], tracking_uri: str, experiment: str,
+                  params: dict[str, Any] | None = None) -> str:
+    """One MLflow run with the simulation's summary as metrics and its plots as artifacts; returns run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="simulate") as run:
+        mlflow.log_params(params or {})
+        summary = report.summary()
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({f"answers_{tier}": float(n) for tier, n in report.per_tier.items()})
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        return run.info.run_id
+
+
 # ---- training samples and ground truth --------------------------------------------------------------
 
 def publish_training(settings: Settings, x: np.ndarray, y: np.ndarray, *, key_prefix: str | None = None,
