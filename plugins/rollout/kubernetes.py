@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierSpec
@@ -37,7 +38,7 @@ _SECRET_LIKE = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL", re.IGNORECASE)
 
 
 def dns_label(text: str, max_len: int = 63) -> str:
-    """A DNS-1123 label made from free text (names of Deployments, label values)."""
+    """A DNS-1123 label made from free text (Deployment names)."""
     out = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return out[:max_len].rstrip("-") or "x"
 
@@ -239,17 +240,13 @@ class KubernetesRolloutBackend(RolloutBackend):
             return KubernetesHook(conn_id=None, config_file=ks.kube_config_path)
         return KubernetesHook(conn_id=ks.conn_id)
 
-    @property
+    @cached_property
     def apps(self) -> Any:
-        if not hasattr(self, "_apps"):
-            self._apps = self._hook().apps_v1_client
-        return self._apps
+        return self._hook().apps_v1_client
 
-    @property
+    @cached_property
     def core(self) -> Any:
-        if not hasattr(self, "_core"):
-            self._core = self._hook().core_v1_client
-        return self._core
+        return self._hook().core_v1_client
 
     def start_tier(self, release: Release, spec: TierSpec) -> None:
         from kubernetes.client.exceptions import ApiException
