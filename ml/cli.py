@@ -237,7 +237,7 @@ def run_all(
 @app.command()
 def report(
     out: Path = Path("runs/report"),
-    epochs: int = 12,
+    epochs: int = 10,
     max_train_seconds: Annotated[float, typer.Option(help="training budget (the target is <= 300 s)")] = 260.0,
     seed: int = 0,
 ) -> None:

@@ -42,7 +42,7 @@ def check(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: {"value": float(v), "ok": bool(ok)} for k, (v, ok) in rows.items()}
 
 
-def run_report(out_dir: str | Path, epochs: int = 12, max_train_seconds: float = 240.0, seed: int = 0,
+def run_report(out_dir: str | Path, epochs: int = 10, max_train_seconds: float = 260.0, seed: int = 0,
                tolerance: float = 1.0, n_train: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train → calibrate → partition → evaluate on Fashion-MNIST and return report + checks."""
     from ml.datasets import load_fashion_mnist

@@ -17,7 +17,7 @@ import pytest
 def main(out_dir: str | None = None) -> dict:
     from ml.report import format_summary, run_report
 
-    summary = run_report(out_dir or tempfile.mkdtemp(prefix="tierflow-report-"), epochs=8, max_train_seconds=260)
+    summary = run_report(out_dir or tempfile.mkdtemp(prefix="tierflow-report-"))
     print(format_summary(summary))
     return summary
 
