@@ -37,6 +37,9 @@ class WorkerMetrics:
                                      ["tier", "version"], buckets=_LATENCY_BUCKETS, registry=r).labels(**labels)
         self.pending = Gauge("tierflow_pending_forwards", "Forwarded requests still waiting for an answer",
                              ["tier", "version"], registry=r).labels(**labels)
+        self.lag = Gauge("tierflow_consumer_lag", "Records behind the end of the input topic (librdkafka "
+                         "statistics; needs a broker with correct high watermarks)", ["tier", "version"],
+                         registry=r).labels(**labels)
         self.bytes_out = Counter("tierflow_bytes_out", "Bytes produced (key + value + headers), by topic",
                                  ["tier", "version", "topic"], registry=r)
         self._labels = labels

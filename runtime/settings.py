@@ -63,6 +63,8 @@ class WorkerSettings(BaseModel):
     # A tier that watches APP.results skips records whose request was already answered (replays after a
     # crash); needs request ids to be unique, which the contract requires.
     skip_answered: bool = True
+    # How often the consumer lag gauge is refreshed from librdkafka statistics (0 = off).
+    lag_interval_ms: int = 5000
     # Activations between tiers: "float32" keeps decisions identical to the offline evaluation,
     # "float16" halves the bytes on each link (decisions near a threshold may then differ).
     activation_dtype: str = "float32"

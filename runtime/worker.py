@@ -192,8 +192,10 @@ class TierWorker:
             self._producer(k.for_tier(r.next_tier)).list_topics(timeout=10)
         self._producer(k.bootstrap).list_topics(timeout=10)
         self.model.predict(np.zeros((1, *self.model.input_shape), dtype=self.model.input_dtype))
+        stats = {"statistics.interval.ms": self.ws.lag_interval_ms, "stats_cb": self._on_stats} \
+            if self.ws.lag_interval_ms else {}
         self._consumer = Consumer(consumer_config(self.settings, r.group_id, bootstrap=in_bootstrap,
-                                                  **{"client.id": f"{self.tier}-{self.version}"}))
+                                                  **{"client.id": f"{self.tier}-{self.version}"}, **stats))
         self._consumer.subscribe([r.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         if r.out_topic:
             # Answers to requests this tier forwarded; an own group per process, never committed.
@@ -248,6 +250,16 @@ class TierWorker:
         except WorkerError as exc:
             log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
         log.info("partitions revoked", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
+
+    def _on_stats(self, stats_json: str) -> None:
+        """Consumer lag summed over the assigned partitions (librdkafka reports -1 where unknown)."""
+        import json
+
+        lags = [p.get("consumer_lag", -1) for t in json.loads(stats_json).get("topics", {}).values()
+                for pid, p in t.get("partitions", {}).items() if pid != "-1"]
+        known = [lag for lag in lags if lag >= 0]
+        if known:
+            self.metrics.lag.set(sum(known))
 
     def _on_watch_assign(self, consumer: Any, partitions: list) -> None:
         self._watch_assigned = True
