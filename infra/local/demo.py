@@ -81,13 +81,16 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
             run = airflow.wait_run(INGEST_DAG, run_id, 600, on_progress=lambda s: status.update(f"{INGEST_DAG}: {s}"))
         if run["state"] != "success":
             raise RuntimeError(f"ingest failed:\n{airflow.failure_report(INGEST_DAG, run_id)}")
-        ingested = airflow.xcom(INGEST_DAG, run_id, "ingest")
+        # Unpausing the ingest DAG may start its scheduled run first; whichever run drained the topic
+        # wrote the dataset version: take the newest one.
+        from plugins.pipeline.datasets import resolve_dataset_uri
+
+        dataset_uri = resolve_dataset_uri("", None, settings)
         timings.ingest_s = time.monotonic() - t
-        console.print(f"ingest: dataset {ingested['version']} with {ingested['records']} records, "
-                      f"{ingested['malformed']} malformed ({timings.ingest_s:.0f}s)")
+        console.print(f"ingest: dataset {dataset_uri} ({timings.ingest_s:.0f}s)")
 
         t = time.monotonic()
-        conf = {"dataset": ingested["manifest_uri"], "epochs": epochs, "canary_requests": canary_requests}
+        conf = {"dataset": dataset_uri, "epochs": epochs, "canary_requests": canary_requests}
         airflow.set_paused(PIPELINE_DAG, False)
         run_id = airflow.trigger(PIPELINE_DAG, conf)
         console.print(f"triggered {PIPELINE_DAG} run {run_id} with {json.dumps(conf)}")
