@@ -79,17 +79,18 @@ def _print_status(stack) -> dict[str, dict[str, object]]:  # noqa: ANN001 - Loca
     from rich.table import Table
 
     rows = stack.status()
-    table = Table(title=f"tierflow stack ({stack.paths.root})")
-    for col in ("service", "state", "url", "pid", "ports", "log"):
-        table.add_column(col)
+    table = Table(title=f"tierflow stack: {stack.paths.root} (logs in logs/, state in state.json)")
+    for col in ("service", "state", "url", "pid", "ports"):
+        table.add_column(col, no_wrap=col != "state")
     for name, row in rows.items():
         if not row["running"]:
             state = "[dim]stopped[/dim]"
         elif row["healthy"]:
             state = f"[green]healthy[/green] {row['uptime_s']:.0f}s"
         else:
-            state = "[red]unhealthy[/red]"
-        ports = ",".join(str(p) for p in row["ports"].values()) if row["ports"] else ""
-        table.add_row(name, state, str(row["url"]), str(row["pid"] or ""), ports, str(row["log"]))
+            state = f"[red]unhealthy[/red] (see {row['log']})"
+        ports = list(row["ports"].values()) if row["ports"] else []
+        shown = f"{ports[0]}" + (f" +{len(ports) - 1}" if len(ports) > 1 else "") if ports else ""
+        table.add_row(name, state, str(row["url"]), str(row["pid"] or ""), shown)
     Console().print(table)
     return rows
