@@ -18,6 +18,7 @@ publishes its own best prediction with ``degraded: true``.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import signal
 import threading
@@ -153,6 +154,9 @@ class TierWorker:
         self._http_port = self.ws.http_port if http_port is None else http_port
         self._http_host = http_host or self.ws.http_host
         self._results_topic = settings.topic("results")
+        # Headers every answer of this worker carries besides its request id (built once).
+        self._result_headers = codec.make_headers("", model=model.model_name, version=version,
+                                                  content_type=codec.JSON, tf_source_tier=self.tier)[1:]
         self._dlq_topic = settings.topic("dlq")
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -392,9 +396,8 @@ class TierWorker:
         if origin is not None:
             self.metrics.e2e_latency.observe(max(now - origin, 0) / 1000)
         rid = result["request_id"]
-        headers = codec.make_headers(rid, model=self.model.model_name, version=self.version,
-                                     content_type=codec.JSON, tf_source_tier=self.tier)
-        body = codec.encode_result(result)
+        headers = [(codec.REQUEST_ID, rid.encode()), *self._result_headers]
+        body = json.dumps(result, separators=(",", ":")).encode()  # fields: codec.RESULT_FIELDS
         bootstrap = self.settings.kafka.bootstrap
         self._send(bootstrap, self._results_topic, rid, body, headers)
         if reply_to and reply_to != self._results_topic:

@@ -56,7 +56,7 @@ class FakeRecord:
 
 def _worker(tier: str, input_shape, max_record_bytes=20_000) -> TierWorker:
     manifest = SimpleNamespace(tier_names=TIERS)
-    model = SimpleNamespace(name=tier, version="4", manifest=manifest, input_shape=list(input_shape),
+    model = SimpleNamespace(name=tier, version="4", model_name="fm", manifest=manifest, input_shape=list(input_shape),
                             input_dtype="float32")
     return TierWorker(Settings(app="fm", worker=WorkerSettings(max_record_bytes=max_record_bytes)), model)
 
