@@ -199,6 +199,7 @@ class _Run:
             raise ValueError("give both sample shape and dtype, or neither (then the first record decides)")
         self.on_event = on_event or (lambda _e: None)
         self.label_ids: dict[bytes, int] = {}
+        self.dlq_errors: list[str] = []
         self.prefix = b""  # tensor-record header every dataset sample starts with (fast path)
         self.sample_bytes = 0
         if self.shape is not None:
@@ -309,8 +310,13 @@ class _Run:
         headers = [*(msg.headers() or []), (codec.ERROR, str(exc)[:500].encode()),
                    (SOURCE_TOPIC, msg.topic().encode()), (SOURCE_PARTITION, str(msg.partition()).encode()),
                    (SOURCE_OFFSET, str(msg.offset()).encode())]
-        producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
+        producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers,
+                         on_delivery=self._dlq_delivered)
         producer.poll(0)
+
+    def _dlq_delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.dlq_errors.append(str(err))
 
     # -- upload (background), then DLQ flush, then commit ---------------------------------------------
     def flush(self, partitions: list[int], producer: Any) -> None:
@@ -365,6 +371,9 @@ class _Run:
             return
         if len(producer) and producer.flush(30):
             raise RuntimeError(f"{len(producer)} dead-letter records not delivered to {self.dlq_topic}; "
+                               "not committing")
+        if self.dlq_errors:  # never commit past a malformed record that did not reach the DLQ
+            raise RuntimeError(f"{len(self.dlq_errors)} dead-letter records failed ({self.dlq_errors[0]}); "
                                "not committing")
         # Asynchronous is safe: the commit is only *sent* after the upload; if it is lost in a crash,
         # the re-run reads those records again and rewrites the same shard keys. The last one waits.
