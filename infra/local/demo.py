@@ -114,7 +114,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         report = simulate(settings, test.x, test.y, rate=rate, timeout_s=120, progress=True,
                           run_id="demo")
         publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows})
-        plots = save_plots(report, settings.home / "demo", title=f"v{registered['version']}")
+        plots = save_plots(report, settings.home / "demo", title=f"v{registered['release']}")
         timings.total_s = time.monotonic() - t0
         shots: list[str] = []
         if screenshots:
@@ -131,7 +131,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         table.add_column("value")
         s = report.summary()
         rows = [
-            ("model versions", f"{settings.app}-{{{','.join(trained['tiers'])},full}} v{registered['version']} "
+            ("model versions", f"{settings.app}-{{{','.join(trained['tiers'])},full}} v{registered['release']} "
                                f"(alias champion)"),
             ("offline test accuracy (cascade)", f"{trained['test_accuracy']:.4f}"),
             ("live accuracy", f"{s['accuracy']:.4f} on {s['answered']}/{s['sent']} answered"),
