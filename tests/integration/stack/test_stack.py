@@ -53,6 +53,8 @@ def test_s3_only_up_down_leaves_nothing_and_reports_port_in_use(tmp_path: Path, 
         assert len(state.ports) == 10 and all(port_open("127.0.0.1", p) for p in state.ports.values())
         status = stack.status()
         assert status["s3"]["healthy"] and not status["mlflow"]["running"]
+        stack.up(["s3"], on_event=lambda s, m: events.append((s, m)))  # idempotent
+        assert events[-1] == ("s3", "already running") and stack.states()["s3"].pid == state.pid
         # A second stack on the same S3 port fails with a message naming the setting to change.
         other = LocalStack(settings.model_copy(update={"home": tmp_path / "other"}))
         with pytest.raises(StackError, match="TIERFLOW_S3__ENDPOINT_URL"):
