@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -43,20 +44,47 @@ class WorkerMetrics:
         self.bytes_out = Counter("tierflow_bytes_out", "Bytes produced (key + value + headers), by topic",
                                  ["tier", "version", "topic"], registry=r)
         self._labels = labels
+        self._children: dict[tuple, Counter] = {}
+
+    def _child(self, metric: Counter, **label: str) -> Counter:
+        """The labelled child, cached: `.labels()` builds and checks the label tuple on every call."""
+        key = (id(metric), *label.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**self._labels, **label)
+        return child
 
     def record(self, outcome: str, n: int = 1) -> None:
         if n:
-            self.records.labels(**self._labels, outcome=outcome).inc(n)
+            self._child(self.records, outcome=outcome).inc(n)
 
     def exit(self, exit_id: int, n: int = 1) -> None:
-        self.exits.labels(**self._labels, exit=str(exit_id)).inc(n)
+        self._child(self.exits, exit=str(exit_id)).inc(n)
 
     def sent(self, topic: str, n_bytes: int) -> None:
-        self.bytes_out.labels(**self._labels, topic=topic).inc(n_bytes)
+        self._child(self.bytes_out, topic=topic).inc(n_bytes)
 
     def dead_letter(self, reason: str) -> None:
-        self.records.labels(**self._labels, outcome="dlq").inc()
-        self.dlq.labels(**self._labels, reason=reason).inc()
+        self._child(self.records, outcome="dlq").inc()
+        self._child(self.dlq, reason=reason).inc()
+
+
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
+    """`histogram.observe(v)` for every value, with one increment per bucket instead of two per value.
+
+    prometheus_client has no bulk observe, so this updates the same fields `Histogram.observe` does
+    (`_upper_bounds`, `_buckets`, `_sum`); tests/unit/runtime/test_metrics_batch.py checks they still agree.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return
+    bounds = histogram._upper_bounds
+    # observe() counts v in the first bucket whose bound is >= v, which is what side="left" finds.
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=True):
+        if n:
+            bucket.inc(n)
 
 
 class HealthServer:

@@ -33,7 +33,7 @@ import numpy as np
 from runtime import codec
 from runtime.codec import CodecError
 from runtime.kafka import consumer_config, ensure_topics, producer_config
-from runtime.metrics import HealthServer, WorkerMetrics
+from runtime.metrics import HealthServer, WorkerMetrics, observe_many
 from runtime.settings import Settings
 
 log = logging.getLogger("tierflow.worker")
@@ -85,6 +85,7 @@ class Batch:
 
 MAX_INFLIGHT_BATCHES = 8
 ANSWERED_MEMORY = 200_000  # request ids seen on APP.results that a watching tier remembers
+_RESULT_JSON = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(..., separators=) builds one per call
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ class TierWorker:
         # Headers every answer of this worker carries besides its request id (built once).
         self._result_headers = codec.make_headers("", model=model.model_name, version=version,
                                                   content_type=codec.JSON, tf_source_tier=self.tier)[1:]
+        self._result_headers_bytes = len(codec.REQUEST_ID) + sum(len(k) + len(v) for k, v in self._result_headers)
+        # Latencies (ms) of answers published since the last _settle, observed there once per batch.
+        self._tier_latency_ms: list[int] = []
+        self._e2e_latency_ms: list[int] = []
         self._dlq_topic = settings.topic("dlq")
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -281,7 +286,7 @@ class TierWorker:
     def _process(self, msgs: list) -> None:
         received = codec.now_ms()
         batch = self._batch = Batch()
-        valid: list[tuple[Any, dict[str, str], np.ndarray]] = []
+        valid: list[tuple[Any, dict[str, str], int | None, int | None, np.ndarray]] = []
         for m in msgs:
             if m.error():
                 log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
@@ -298,20 +303,26 @@ class TierWorker:
                 # serving it again would only produce a duplicate.
                 self.metrics.record("skipped_answered")
                 continue
-            valid.append((m, headers, sample))
+            valid.append((m, headers, codec.header_int(headers, codec.ORIGIN_TS),
+                          codec.header_int(headers, codec.DEADLINE), sample))  # both checked by _validate
         if valid:
             self.metrics.batch_size.observe(len(valid))
             t0 = time.perf_counter()
-            probs, activation = self.model.predict(np.stack([s for _, _, s in valid]))
+            probs, activation = self.model.predict(np.stack([v[-1] for v in valid]))
             decision = self.model.decide(probs)
             self.metrics.predict_seconds.observe(time.perf_counter() - t0)
             answers = decision.answered | (self.route.out_topic is None)
-            for i, (m, headers, _) in enumerate(valid):
-                result = self._result(headers, decision, i, received)
-                if answers[i]:
+            # Per-batch conversions: numpy scalar indexing per record costs more than one tolist().
+            labels, confidences = decision.label.tolist(), decision.confidence.tolist()
+            exits, answered = decision.exit_id.tolist(), answers.tolist()
+            forwards = iter(codec.encode_tensors(activation[~answers], dtype=self.ws.activation_dtype)
+                            if not all(answered) else ())
+            for i, (m, headers, origin, deadline, _) in enumerate(valid):
+                result = self._result(headers[codec.REQUEST_ID], labels[i], confidences[i], exits[i], origin)
+                if answered[i]:
                     self._answer(result, headers.get(codec.REPLY_TO), received)
                 else:
-                    self._forward(m, headers, activation[i], result, received)
+                    self._forward(m, headers, deadline, next(forwards), result, received)
             n_answered = int(answers.sum())
             self.metrics.record("answered", n_answered)
             self.metrics.record("forwarded", len(valid) - n_answered)
@@ -356,13 +367,11 @@ class TierWorker:
             raise Rejected("decode", str(exc)) from None
         return headers, sample
 
-    def _result(self, headers: dict[str, str], decision: Any, i: int, received: int) -> dict[str, Any]:
-        label = int(decision.label[i])
-        return {"request_id": headers[codec.REQUEST_ID], "label": label,
-                "class_name": self.model.class_name(label), "confidence": float(decision.confidence[i]),
-                "exit": int(decision.exit_id[i]), "tier": self.tier, "model_version": self.version,
-                "tier_latency_ms": None, "latency_ms": None, "degraded": False,
-                "_origin_ts": codec.header_int(headers, codec.ORIGIN_TS)}
+    def _result(self, request_id: str, label: int, confidence: float, exit_id: int,
+                origin: int | None) -> dict[str, Any]:
+        return {"request_id": request_id, "label": label, "class_name": self.model.class_name(label),
+                "confidence": confidence, "exit": exit_id, "tier": self.tier, "model_version": self.version,
+                "tier_latency_ms": None, "latency_ms": None, "degraded": False, "_origin_ts": origin}
 
     # ---- outputs ------------------------------------------------------------------------------------
 
@@ -375,9 +384,12 @@ class TierWorker:
         return self._producers[bootstrap]
 
     def _send(self, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
-              headers: list[tuple[str, bytes]]) -> None:
+              headers: list[tuple[str, bytes]], header_bytes: int | None = None) -> None:
+        """Produce one output of the current batch; ``header_bytes`` saves summing constant headers."""
         producer = self._producer(bootstrap)
-        self._bytes_out[topic] += len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if header_bytes is None:
+            header_bytes = sum(len(k) + len(v) for k, v in headers)
+        self._bytes_out[topic] += len(value or b"") + len(key or b"") + header_bytes
         batch = self._batch
         while True:
             try:
@@ -392,30 +404,32 @@ class TierWorker:
         origin = result.pop("_origin_ts", None)
         result["tier_latency_ms"] = now - received
         result["latency_ms"] = (now - origin) if origin is not None else None
-        self.metrics.tier_latency.observe((now - received) / 1000)
+        self._tier_latency_ms.append(now - received)
         if origin is not None:
-            self.metrics.e2e_latency.observe(max(now - origin, 0) / 1000)
+            self._e2e_latency_ms.append(max(now - origin, 0))
         rid = result["request_id"]
-        headers = [(codec.REQUEST_ID, rid.encode()), *self._result_headers]
-        body = json.dumps(result, separators=(",", ":")).encode()  # fields: codec.RESULT_FIELDS
+        rid_bytes = rid.encode()
+        headers = [(codec.REQUEST_ID, rid_bytes), *self._result_headers]
+        header_bytes = self._result_headers_bytes + len(rid_bytes)
+        body = _RESULT_JSON.encode(result).encode()  # fields: codec.RESULT_FIELDS
         bootstrap = self.settings.kafka.bootstrap
-        self._send(bootstrap, self._results_topic, rid, body, headers)
+        self._send(bootstrap, self._results_topic, rid, body, headers, header_bytes)
         if reply_to and reply_to != self._results_topic:
-            self._send(bootstrap, reply_to, rid, body, headers)
+            self._send(bootstrap, reply_to, rid, body, headers, header_bytes)
 
-    def _forward(self, m: Any, headers: dict[str, str], activation: np.ndarray, result: dict[str, Any],
-                 received: int) -> None:
+    def _forward(self, m: Any, headers: dict[str, str], deadline: int | None, value: bytes,
+                 result: dict[str, Any], received: int) -> None:
+        """Send the encoded activation ``value`` to the next tier and remember the request for the fallback."""
         rid = headers[codec.REQUEST_ID]
         origin = result["_origin_ts"]
         if origin is None:
             origin = m.timestamp()[1] if m.timestamp()[1] > 0 else received
             result["_origin_ts"] = origin
-        deadline = codec.header_int(headers, codec.DEADLINE) or origin + self.ws.default_deadline_ms
+        deadline = deadline or origin + self.ws.default_deadline_ms
         out_headers = codec.make_headers(
             rid, model=headers.get(codec.MODEL, self.model.model_name), version=self.version, origin_ts=origin,
             deadline=deadline, reply_to=headers.get(codec.REPLY_TO), content_type=codec.TENSOR,
             tf_source_tier=self.tier)
-        value = codec.encode_tensor(activation, dtype=self.ws.activation_dtype)
         self._send(self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
                    out_headers)
         degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
@@ -438,6 +452,11 @@ class TierWorker:
         ``block`` waits for every output (bounded in-flight work; shutdown). A rejected output stops the
         worker without committing its batch, so the records are consumed again after a restart.
         """
+        if self._tier_latency_ms:
+            observe_many(self.metrics.tier_latency, np.asarray(self._tier_latency_ms) / 1000)
+            observe_many(self.metrics.e2e_latency, np.asarray(self._e2e_latency_ms) / 1000)
+            self._tier_latency_ms.clear()
+            self._e2e_latency_ms.clear()
         for bootstrap, p in self._producers.items():
             left = p.flush(30) if block else p.poll(0)
             if block and left:
