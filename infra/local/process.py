@@ -110,29 +110,36 @@ def alive(state: ServiceState) -> bool:
     return not state.cmdline_hint or state.cmdline_hint in cmdline
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Only zombies left (their parent has not reaped them yet) count as stopped.
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of a session. A service is started as a session leader, so this
+    includes children that moved to their own process group (Airflow runs each task in one)."""
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
+def group_alive(pgid: int) -> bool:
+    """Anything left of the service started as session/group leader pgid (zombies do not count)."""
+    return bool(session_members(pgid))
 
 
 def stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 15.0) -> None:
-    """SIGTERM the whole process group, SIGKILL what is left after timeout_s; idempotent."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
+    """SIGTERM the process group (the service shuts down its children), then SIGTERM and finally
+    SIGKILL whatever is left in its session; idempotent."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig == signal.SIGTERM and wait_s == timeout_s:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+        else:
+            for pid in session_members(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc is not None:
