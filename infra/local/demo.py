@@ -205,6 +205,11 @@ def _cdp_screenshot(ws_url: str, url: str, out: str, cookies: list[dict], width:
             call("Network.setCookie", **c)
         call("Page.navigate", url=url)
         time.sleep(settle_s)
+        # Dismiss "what's new" dialogs and side panels so the page itself is visible.
+        call("Runtime.evaluate", expression=(
+            "document.querySelectorAll('[aria-label=\"Close\"], [aria-label=\"close\"], "
+            "button[aria-label*=\"Close\"]').forEach(b => b.click())"))
+        time.sleep(1.5)
         data = call("Page.captureScreenshot", format="png")["data"]
     with open(out, "wb") as f:
         f.write(base64.b64decode(data))
