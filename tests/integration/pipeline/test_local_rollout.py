@@ -92,11 +92,7 @@ def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, ti
     assert out3.rolled_back and not out3.promoted
     assert "crashed" in out3.problems[0] or "not ready" in out3.problems[0]
     assert sorted(backend.running(app)) == ["2"]
-    # 5. a candidate that fails the canary bound is rolled back too
-    out4 = rollout(backend, release(settings, "4", tiny_bundle), canary=canary,
-                   policy=CanaryPolicy(min_accuracy=0.999), promote=promoted.append, log=log.append)
-    assert out4.rolled_back and any("accuracy" in p for p in out4.problems)
-    assert sorted(backend.running(app)) == ["2"]
+    # (a candidate failing the canary's bounds is rolled back in tests/integration/pipeline/test_pipeline_dag.py)
     assert promoted == ["1", "2"]
     check = run_canary(settings, release(settings, "2", tiny_bundle), x[:20], y[:20], timeout_s=60)
     assert check.new_version_answers == 20  # the champion still answers everything
