@@ -10,8 +10,10 @@ from tests.unit.runtime.test_report import _report
 pytestmark = pytest.mark.integration
 
 
-def test_plots_are_pngs_and_land_in_mlflow(tmp_path):
+def test_plots_are_pngs_and_land_in_mlflow(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a SQLite store puts artifacts under ./mlruns of the working directory
 
     plots = save_plots(_report(), tmp_path / "plots")
     assert [p.name for p in plots] == ["latency_hist.png", "answers_per_tier.png"]
