@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -124,11 +125,23 @@ class LocalStack:
         self.settings = settings
         self.paths = StackPaths(Path(settings.home).resolve())
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.RLock()
         self._brokers: dict[str, object] = {}
 
     # -- queries ---------------------------------------------------------------------------------
     def states(self) -> dict[str, ServiceState]:
-        return read_state(self.paths.state)
+        with self._lock:
+            return read_state(self.paths.state)
+
+    def _record(self, name: str, state: ServiceState | None) -> None:
+        """Add (or with None remove) one service in state.json; threads of one `up` share the file."""
+        with self._lock:
+            states = read_state(self.paths.state)
+            if state is None:
+                states.pop(name, None)
+            else:
+                states[name] = state
+            write_state(self.paths.state, states)
 
     def status(self) -> dict[str, dict[str, object]]:
         """Per service: running (process alive), healthy (answers its probe), url, pid, ports, log."""
@@ -162,22 +175,46 @@ class LocalStack:
         self.settings = with_credentials(self.settings)
         write_env_file(self.settings, self.paths.env_file)
         names = with_requirements(services or self.settings.stack.services)
-        for name in names:
-            states = self.states()
-            if name in states and alive(states[name]):
-                notify(name, "already running")
-                continue
-            started = time.monotonic()
-            notify(name, "starting")
+        # Independent services start at the same time (Airflow does not wait for MLflow); a service
+        # waits only for what it requires. The first failure stops what this call started.
+        done = {name: threading.Event() for name in names}
+        failures: dict[str, BaseException] = {}
+        started_here: list[str] = []
+
+        def start(name: str) -> None:
             try:
+                for dep in REQUIRES[name]:
+                    if dep in done:
+                        done[dep].wait()
+                        if dep in failures:
+                            return
+                states = self.states()
+                if name in states and alive(states[name]):
+                    notify(name, "already running")
+                    return
+                t0 = time.monotonic()
+                notify(name, "starting")
+                started_here.append(name)
                 state = self._start_broker() if name == "broker" else self._start(name, notify)
-            except Exception:
+                self._record(name, state)
+                notify(name, f"healthy in {time.monotonic() - t0:.1f}s at {state.url}")
+            except BaseException as exc:  # noqa: BLE001 - reported below, in the caller's thread
+                failures[name] = exc
+            finally:
+                done[name].set()
+
+        threads = [threading.Thread(target=start, args=(n,), name=f"stack-up-{n}", daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            for name in reversed(started_here):
                 self._stop_one(name)
-                raise
-            states = self.states()
-            states[name] = state
-            write_state(self.paths.state, states)
-            notify(name, f"healthy in {time.monotonic() - started:.1f}s at {state.url}")
+            name, exc = next(iter(failures.items()))
+            if isinstance(exc, StackError):
+                raise exc
+            raise StackError(f"{name}: {exc}") from exc
         return self.settings
 
     def _check_free(self, name: str, host: str, port: int) -> None:
@@ -217,9 +254,7 @@ class LocalStack:
         self._procs[name] = proc
         state = ServiceState(name, proc.pid, time.time(), str(log), plan.ports, plan.url, plan.hint)
         # Record at once so that `stack down` finds it even if this command is interrupted.
-        states = self.states()
-        states[name] = state
-        write_state(self.paths.state, states)
+        self._record(name, state)
         wait_until(plan.healthy, proc, self.settings.stack.startup_timeout_s, name, log)
         if name == "s3":
             self._check_s3()
@@ -271,8 +306,7 @@ class LocalStack:
         return stopped
 
     def _stop_one(self, name: str) -> None:
-        states = self.states()
-        state = states.pop(name, None)
+        state = self.states().get(name)
         proc = self._procs.pop(name, None)
         broker = self._brokers.pop(name, None)
         if broker is not None:
@@ -282,4 +316,4 @@ class LocalStack:
         elif proc is not None:
             stop_group(proc.pid, proc)
         with contextlib.suppress(OSError):
-            write_state(self.paths.state, states)
+            self._record(name, None)
