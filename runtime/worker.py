@@ -159,6 +159,10 @@ class TierWorker:
         self._result_headers = codec.make_headers("", model=model.model_name, version=version,
                                                   content_type=codec.JSON, tf_source_tier=self.tier)[1:]
         self._result_headers_bytes = len(codec.REQUEST_ID) + sum(len(k) + len(v) for k, v in self._result_headers)
+        # The constant head (version) and tail (content type, source tier) of a forward's headers, in
+        # codec.make_headers order.
+        self._forward_version = (codec.VERSION, version.encode())
+        self._forward_tail = codec.make_headers("", content_type=codec.TENSOR, tf_source_tier=self.tier)[1:]
         # Latencies (ms) of answers published since the last _settle, observed there once per batch.
         self._tier_latency_ms: list[int] = []
         self._e2e_latency_ms: list[int] = []
@@ -331,7 +335,22 @@ class TierWorker:
             self.metrics.pending.set(len(self._pending))
         self._inflight.append(batch)
         self.consumed += len(msgs)
-        self._settle(block=len(self._inflight) > MAX_INFLIGHT_BATCHES)
+        self._settle()
+        if len(self._inflight) > MAX_INFLIGHT_BATCHES:
+            self._await_oldest()
+            self._settle()
+
+    def _await_oldest(self, timeout_s: float = 30) -> None:
+        """Serve delivery reports until the oldest in-flight batch is acknowledged.
+
+        Bounds the in-flight work like a flush would, without also waiting for the newest outputs.
+        """
+        give_up = time.monotonic() + timeout_s
+        while self._inflight and self._inflight[0].outstanding > 0:
+            if time.monotonic() > give_up:
+                raise WorkerError(f"{self._inflight[0].outstanding} records not acknowledged within {timeout_s:g} s")
+            for p in self._producers.values():
+                p.poll(0.01 / len(self._producers))  # returns as soon as it has served a report
 
     def _validate(self, m: Any) -> tuple[dict[str, str], np.ndarray]:
         value = m.value()
@@ -426,10 +445,14 @@ class TierWorker:
             origin = m.timestamp()[1] if m.timestamp()[1] > 0 else received
             result["_origin_ts"] = origin
         deadline = deadline or origin + self.ws.default_deadline_ms
-        out_headers = codec.make_headers(
-            rid, model=headers.get(codec.MODEL, self.model.model_name), version=self.version, origin_ts=origin,
-            deadline=deadline, reply_to=headers.get(codec.REPLY_TO), content_type=codec.TENSOR,
-            tf_source_tier=self.tier)
+        reply_to = headers.get(codec.REPLY_TO)
+        # = codec.make_headers(rid, model=, version=, origin_ts=, deadline=, reply_to=, content_type=TENSOR,
+        # tf_source_tier=), built from constant parts (tests/unit/runtime/test_worker_outputs.py compares them).
+        out_headers = [(codec.REQUEST_ID, rid.encode()),
+                       (codec.MODEL, headers.get(codec.MODEL, self.model.model_name).encode()),
+                       self._forward_version, (codec.ORIGIN_TS, str(origin).encode()),
+                       (codec.DEADLINE, str(deadline).encode()),
+                       *(() if reply_to is None else ((codec.REPLY_TO, reply_to.encode()),)), *self._forward_tail]
         self._send(self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
                    out_headers)
         degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
