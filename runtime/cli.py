@@ -71,8 +71,8 @@ def worker(
 
 @app.command()
 def demo(
-    train_samples: int = typer.Option(20000, help="Fashion-MNIST training samples streamed into APP.training."),
-    epochs: int = typer.Option(3, help="Training epochs (pipeline parameter)."),
+    train_samples: int = typer.Option(60000, help="Fashion-MNIST training samples streamed into APP.training."),
+    epochs: int = typer.Option(5, help="Training epochs (pipeline parameter)."),
     requests: int = typer.Option(2000, help="Test requests streamed through the tiers at the end."),
     rate: float = typer.Option(200.0, help="Requests per second of the test stream."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack and tier workers up."),
