@@ -10,12 +10,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from runtime.localhost import free_port, port_open  # noqa: F401 - re-exported
 
 
 class BrokerError(RuntimeError):
@@ -50,19 +51,6 @@ def tansu_binary() -> Path:
                 copy.chmod(0o755)
             path = copy
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the broker start retries if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
-        return True
-    return False
 
 
 class EmbeddedBroker:

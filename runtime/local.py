@@ -8,11 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from runtime.broker import free_port
+from runtime.localhost import free_port, http_status
 from runtime.settings import Settings, settings_env
 
 TIERS_3 = ("edge", "fog", "cloud")
@@ -21,16 +19,6 @@ CLOUD_ONLY = ("full",)
 
 class WorkerProcessError(RuntimeError):
     """A worker exited or never became ready; the message carries the end of its log."""
-
-
-def _http_status(url: str, timeout_s: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, TimeoutError):
-        return None
 
 
 class WorkerProcess:
@@ -64,7 +52,7 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def ready(self) -> bool:
-        return self.alive() and _http_status(f"http://127.0.0.1:{self.http_port}/readyz") == 200
+        return self.alive() and http_status(f"http://127.0.0.1:{self.http_port}/readyz") == 200
 
     def log_tail(self, limit: int = 3000) -> str:
         with contextlib.suppress(OSError):

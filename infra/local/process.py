@@ -11,14 +11,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from runtime.localhost import free_port, http_status, log_tail, port_open  # noqa: F401 - re-exported
 
 
 class StackError(RuntimeError):
@@ -38,30 +37,6 @@ class ServiceState:
     cmdline_hint: str = ""  # a word of argv[0]; guards against a recycled pid
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free a moment ago (the caller checks again right before the start)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
-        return True
-    return False
-
-
-def http_status(url: str, timeout_s: float = 2.0) -> int | None:
-    """HTTP status of a GET, or None if nothing answers (an error status still means "alive")."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URLs
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, TimeoutError):
-        return None
-
-
 def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
           ) -> subprocess.Popen[bytes]:
     """Start argv as a session leader writing stdout+stderr to log_path (appended)."""
@@ -75,14 +50,6 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: 
         except FileNotFoundError as exc:
             raise StackError(f"{name}: cannot run {argv[0]!r} ({exc}); is the venv installed (`make install`)?"
                              ) from exc
-
-
-def log_tail(path: Path | str, limit: int = 3000) -> str:
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - limit))
-        return f.read().decode(errors="replace")
-    return ""
 
 
 def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes] | None, timeout_s: float,

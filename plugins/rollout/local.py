@@ -24,11 +24,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierSpec
+from runtime.localhost import http_status, log_tail
 
 SUPERVISOR_MODULE = "plugins.rollout.local"
 
@@ -69,24 +68,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and SUPERVISOR_MODULE.encode() in cmdline
-
-
-def _log_tail(path: str | Path, limit: int = 2500) -> str:
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - limit))
-        return f.read().decode(errors="replace")
-    return ""
-
-
-def _http_status(url: str, timeout_s: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError, TimeoutError):
-        return None
 
 
 def tierflow_executable(ml_python: str | None = None) -> str:
@@ -176,7 +157,7 @@ class LocalProcessBackend(RolloutBackend):
             while not (_read_json(state_file) or {}).get("supervisor_pid"):
                 if proc.poll() is not None:
                     raise RolloutError(f"supervisor of v{release.version} {spec.tier} exited with code "
-                                       f"{proc.returncode}; log {log}:\n{_log_tail(log)}")
+                                       f"{proc.returncode}; log {log}:\n{log_tail(log)}")
                 if time.monotonic() > deadline:
                     raise RolloutError(f"supervisor of v{release.version} {spec.tier} did not start; log {log}")
                 time.sleep(0.05)
@@ -194,15 +175,15 @@ class LocalProcessBackend(RolloutBackend):
                 if st["restarts"] >= self.max_restarts or not _alive(st["supervisor_pid"]):
                     raise RolloutError(
                         f"v{release.version} {spec.tier} worker crashed {st['restarts']} times "
-                        f"(last exit code {st['last_exit']}); log {st['log']}:\n{_log_tail(st['log'])}")
-                if _http_status(f"http://127.0.0.1:{st['port']}/readyz") != 200:
+                        f"(last exit code {st['last_exit']}); log {st['log']}:\n{log_tail(st['log'])}")
+                if http_status(f"http://127.0.0.1:{st['port']}/readyz") != 200:
                     not_ready.append(st)
             if not not_ready:
                 return
             if time.monotonic() > deadline:
                 st = not_ready[0]
                 raise RolloutError(f"v{release.version} {spec.tier} not ready after {timeout_s:.0f}s "
-                                   f"(/readyz on port {st['port']}); log {st['log']}:\n{_log_tail(st['log'])}")
+                                   f"(/readyz on port {st['port']}); log {st['log']}:\n{log_tail(st['log'])}")
             time.sleep(0.3)
 
     def stop_tier(self, app: str, version: str, tier: str, timeout_s: float) -> None:
