@@ -17,7 +17,7 @@ class RolloutError(RuntimeError):
 
 @dataclass(frozen=True)
 class TierSpec:
-    tier: str  # "edge", "fog", "cloud" (or "cloud" alone for cloud-only)
+    tier: str  # "edge", "fog", "cloud", or "full" (the unpartitioned model, cloud-only serving)
     model_uri: str  # bundle directory or models:/APP-tier/VERSION
     replicas: int = 1
     http_port: int = 9100  # /healthz, /readyz, /metrics
