@@ -355,7 +355,7 @@ class _Run:
         written_ms = int(time.time() * 1000)
         self.store.put_bytes(key, data, {"count": str(entry.count), "sha256": entry.sha256,
                                          WRITTEN_MS: str(written_ms), "shape": json.dumps(self.shape),
-                                         "dtype": str(self.dtype)})
+                                         "dtype": str(self.dtype)}, sha256=entry.sha256)
         self.written[key] = (partition, block.first, block.last, written_ms, entry)
 
     def complete(self, producer: Any, wait: bool) -> None:
@@ -441,7 +441,8 @@ class _Run:
         ensure_topics(self.settings, [self.topic, self.dlq_topic])
         self.store.ensure_bucket()
         self.consumer = Consumer(consumer_config(self.settings, self.group_id, **{"enable.partition.eof": True}))
-        self.uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-upload")
+        self.uploader = ThreadPoolExecutor(max_workers=self.cfg.upload_concurrency,
+                                           thread_name_prefix="ingest-upload")
         self.uploads: deque[_Upload] = deque()
         producer = Producer(producer_config(self.settings))
         assigned: set[int] = set()
@@ -467,8 +468,11 @@ class _Run:
         last_record = time.monotonic()
         try:
             while not (max_records and self.consumed >= max_records):
+                # consume() blocks until the batch is full or the timeout: once records flow, a short
+                # timeout so a partial last batch (the records before EOF) does not wait 0.2 s.
                 batch = self.consumer.consume(num_messages=min(1000, max_records - self.consumed)
-                                              if max_records else 1000, timeout=0.2)
+                                              if max_records else 1000,
+                                              timeout=0.2 if self.first_record_at is None else 0.01)
                 taken = self.take_batch(batch, producer, at_eof) if batch else 0
                 self.complete(producer, wait=False)
                 if taken:

@@ -156,6 +156,7 @@ class IngestSettings(BaseModel):
     group_id: str = "tierflow-ingest"
     prefix: str = "datasets"  # s3://<bucket>/<prefix>/<app>/...
     shard_records: int = 2048  # records per shard; shards are aligned to offset blocks of this size
+    upload_concurrency: int = 2  # shard uploads in flight while consuming goes on (commits stay in order)
     idle_timeout_s: float = 3.0  # a run ends when no record arrived for this long
     max_records: int = 0  # 0 = until the topic is drained
     # zlib-compressed NPZ shards: ~0.6x the bytes for Fashion-MNIST, but zlib runs at a fraction of the

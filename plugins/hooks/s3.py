@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,12 +15,27 @@ def s3_client(settings: Settings) -> Any:
     from botocore.config import Config
 
     s3 = settings.s3
-    return boto3.client(
+    # Checksums only where the API requires them: SigV4 already hashes every payload (SHA-256, over
+    # plain HTTP) and shards carry their own SHA-256, so botocore's default extra CRC32 pass is waste.
+    client = boto3.client(
         "s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
         aws_access_key_id=s3.access_key_id,
         aws_secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
-                      connect_timeout=5, read_timeout=60))
+                      connect_timeout=5, read_timeout=60, max_pool_connections=16,
+                      request_checksum_calculation="when_required"))
+    client.meta.events.register("before-sign.s3.PutObject", _known_payload_sha256)
+    return client
+
+
+_known = threading.local()  # .sha256: the hex SHA-256 of the body this thread is putting, if known
+
+
+def _known_payload_sha256(request: Any, **_kw: Any) -> None:
+    """Let SigV4 use a SHA-256 the caller already has instead of hashing the body again."""
+    digest = getattr(_known, "sha256", None)
+    if digest:
+        request.headers["X-Amz-Content-SHA256"] = digest
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -58,9 +74,16 @@ class DatasetStore:
             self.client.create_bucket(Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> str:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
-                               ContentType=content_type)
+                  content_type: str = "application/octet-stream", sha256: str | None = None) -> str:
+        """Put one object; `sha256` (hex digest of data, if the caller has it) spares SigV4 a second hash
+        (AWS S3 rejects a body that does not match it; SeaweedFS does not check, readers of shards verify
+        the digest in the manifest)."""
+        _known.sha256 = sha256
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
+                                   ContentType=content_type)
+        finally:
+            _known.sha256 = None
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:

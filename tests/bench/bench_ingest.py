@@ -52,7 +52,7 @@ def test_bench_ingest_vs_raw_consume(stack_settings):
     settings = stack_settings.model_copy(update={"ingest": stack_settings.ingest.model_copy(
         update={"idle_timeout_s": 3.0})})
     publish_training(settings, data.x, data.y)
-    print("\nmachine:", machine())
+    print("\nmachine:", machine(), "load average:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
     raw_bytes, raw_before = raw_consume(settings, n)
     result = ingest(settings)
     _, raw_after = raw_consume(settings, n)  # the baseline before and after ingest: load on 2 cores drifts
