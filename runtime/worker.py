@@ -13,19 +13,26 @@ the broker (at-least-once; the client de-duplicates by request id). A tier that 
 watches ``APP.results``; if no answer shows up by the request's deadline plus a grace that grows
 towards the edge (so the highest live tier answers first and the others see it and stay quiet), it
 publishes its own best prediction with ``degraded: true``.
+
+Inference overlaps Kafka I/O: the sub-model runs micro-batch k on an inference thread (TensorFlow
+releases the GIL) while the main thread publishes the outputs of batch k-1 and decodes batch k+1.
+Outputs are still published, and offsets committed, in consumption order.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import logging
+import math
 import signal
 import threading
 import time
 import uuid
 from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from json import dumps as _json_dumps
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 import numpy as np
@@ -69,13 +76,16 @@ class Pending:
 class Batch:
     """Offsets of one consumed micro-batch and the outputs it produced that the broker has not acked yet.
 
-    Its offsets are committed once it and every batch before it are fully acknowledged, so producing the
-    next batch overlaps with the acknowledgements of this one without giving up at-least-once.
+    Its offsets are committed once it is published (its inference done and every output produced) and it
+    and every batch before it are fully acknowledged, so producing the next batch overlaps with the
+    acknowledgements of this one without giving up at-least-once.
     """
 
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per (topic, partition)
     outstanding: int = 0
     errors: list[str] = field(default_factory=list)
+    published: bool = True
+    records: int = 0  # records taken from the input topic
 
     def delivered(self, err: Any, msg: Any) -> None:
         self.outstanding -= 1
@@ -83,9 +93,49 @@ class Batch:
             self.errors.append(f"{msg.topic()}: {err}")
 
 
+@dataclass
+class Valid:
+    """A decoded request of a micro-batch, waiting for its inference."""
+
+    record: Any
+    headers: dict[str, str]
+    origin_ts: int | None
+    deadline: int | None
+
+
+@dataclass
+class Inference:
+    """What the inference thread returns for a micro-batch: per-row decisions as Python lists."""
+
+    labels: list[int]
+    confidences: list[float]
+    exits: list[int]
+    answered: list[bool]
+    forwards: list[bytes]  # encoded activations of the forwarded rows, in row order
+    seconds: float
+
+
+@dataclass
+class Staged:
+    """A micro-batch whose inference runs (or ran) on the inference thread, not yet published."""
+
+    batch: Batch
+    valid: list[Valid]
+    received: int
+    inference: Future | None
+
+
 MAX_INFLIGHT_BATCHES = 8
+PIPELINE_DEPTH = 1  # micro-batches inferring while the main thread decodes the next one
 ANSWERED_MEMORY = 200_000  # request ids seen on APP.results that a watching tier remembers
-_RESULT_JSON = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(..., separators=) builds one per call
+
+
+def _json_float(x: float) -> str:
+    return repr(x) if math.isfinite(x) else _json_dumps(x)
+
+
+def _json_opt_int(x: int | None) -> str:
+    return "null" if x is None else str(x)
 
 
 @dataclass(frozen=True)
@@ -146,7 +196,8 @@ class TierWorker:
         self.consumed = 0  # records taken from the input topic (answered, forwarded or dead-lettered)
         self._answered: dict[str, None] = {}  # insertion-ordered set of recently answered request ids
         self._inflight: deque[Batch] = deque()
-        self._batch = Batch()
+        self._staged: deque[Staged] = deque()
+        self._executor: ThreadPoolExecutor | None = None
         self._bytes_out: Counter[str] = Counter()
         self._producers: dict[str, Any] = {}
         self._consumer: Any = None
@@ -159,10 +210,15 @@ class TierWorker:
         self._result_headers = codec.make_headers("", model=model.model_name, version=version,
                                                   content_type=codec.JSON, tf_source_tier=self.tier)[1:]
         self._result_headers_bytes = len(codec.REQUEST_ID) + sum(len(k) + len(v) for k, v in self._result_headers)
+        # The constant middle of every result's JSON body (fields in codec.RESULT_FIELDS order).
+        self._result_tier_json = f'"tier":{_json_str(self.tier)},"model_version":{_json_str(version)}'
+        self._class_json: dict[int, str] = {}
         # The constant head (version) and tail (content type, source tier) of a forward's headers, in
         # codec.make_headers order.
         self._forward_version = (codec.VERSION, version.encode())
         self._forward_tail = codec.make_headers("", content_type=codec.TENSOR, tf_source_tier=self.tier)[1:]
+        self._forward_const_bytes = sum(len(k) + len(v) for k, v in (self._forward_version, *self._forward_tail)) \
+            + len(codec.REQUEST_ID) + len(codec.MODEL) + len(codec.ORIGIN_TS) + len(codec.DEADLINE)
         # Latencies (ms) of answers published since the last _settle, observed there once per batch.
         self._tier_latency_ms: list[int] = []
         self._e2e_latency_ms: list[int] = []
@@ -205,6 +261,7 @@ class TierWorker:
             self._producer(k.for_tier(r.next_tier)).list_topics(timeout=10)
         self._producer(k.bootstrap).list_topics(timeout=10)
         self.model.predict(np.zeros((1, *self.model.input_shape), dtype=self.model.input_dtype))
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.tier}")
         stats = {"statistics.interval.ms": self.ws.lag_interval_ms, "stats_cb": self._on_stats} \
             if self.ws.lag_interval_ms else {}
         self._consumer = Consumer(consumer_config(self.settings, r.group_id, bootstrap=in_bootstrap,
@@ -226,9 +283,12 @@ class TierWorker:
             self.start()
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                batch = self._fetch()
-                if batch:
-                    self._process(batch)
+                msgs = self._fetch(0 if self._staged else 0.05)  # never sit in poll while a batch infers
+                if msgs:
+                    self._stage(msgs)
+                self._publish_staged(wait=not msgs)
+                if len(self._inflight) > MAX_INFLIGHT_BATCHES:
+                    self._await_oldest()
                 self._watch_results()
                 self._expire_pending()
                 self._settle()
@@ -237,9 +297,15 @@ class TierWorker:
 
     def close(self) -> None:
         try:
+            self._publish_staged(wait=True)
             self._settle(block=True, final=True)
         except WorkerError as exc:
             log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
+        except Exception:  # e.g. the model failed on a batch: its offsets stay uncommitted, so it is redone
+            log.exception("not committing a batch that failed", extra={"tier": self.tier})
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         for c in (self._consumer, self._watcher):
             if c is not None:
                 c.close()
@@ -259,6 +325,7 @@ class TierWorker:
     def _on_revoke(self, consumer: Any, partitions: list) -> None:
         # Commit what is done before the partitions move, so their new owner does not redo it.
         try:
+            self._publish_staged(wait=True)
             self._settle(block=True, final=True)
         except WorkerError as exc:
             log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
@@ -279,18 +346,20 @@ class TierWorker:
 
     # ---- the batch ----------------------------------------------------------------------------------
 
-    def _fetch(self) -> list:
-        first = self._consumer.poll(0.05)
+    def _fetch(self, timeout_s: float) -> list:
+        first = self._consumer.poll(timeout_s)
         if first is None:
             return []
         if self.ws.max_batch <= 1:
             return [first]
         return [first, *self._consumer.consume(self.ws.max_batch - 1, timeout=self.ws.max_wait_ms / 1000)]
 
-    def _process(self, msgs: list) -> None:
+    def _stage(self, msgs: list) -> None:
+        """Validate a micro-batch (dead-lettering bad records) and hand its samples to the inference thread."""
         received = codec.now_ms()
-        batch = self._batch = Batch()
-        valid: list[tuple[Any, dict[str, str], int | None, int | None, np.ndarray]] = []
+        batch = Batch(published=False, records=len(msgs))
+        valid: list[Valid] = []
+        samples: list[np.ndarray] = []
         for m in msgs:
             if m.error():
                 log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
@@ -298,53 +367,77 @@ class TierWorker:
             key = (m.topic(), m.partition())
             batch.offsets[key] = max(batch.offsets.get(key, 0), m.offset() + 1)
             try:
-                headers, sample = self._validate(m)
+                headers, origin, deadline, sample = self._validate(m)
             except Rejected as rej:
-                self._dead_letter(m, rej)
+                self._dead_letter(batch, m, rej)
                 continue
             if self._answered and headers[codec.REQUEST_ID] in self._answered:
                 # Already answered (a replay after a crash, or a degraded answer while this tier was down):
                 # serving it again would only produce a duplicate.
                 self.metrics.record("skipped_answered")
                 continue
-            valid.append((m, headers, codec.header_int(headers, codec.ORIGIN_TS),
-                          codec.header_int(headers, codec.DEADLINE), sample))  # both checked by _validate
-        if valid:
+            valid.append(Valid(m, headers, origin, deadline))
+            samples.append(sample)
+        inference = self._executor.submit(self._infer, np.stack(samples)) if valid else None
+        self._inflight.append(batch)
+        self._staged.append(Staged(batch, valid, received, inference))
+
+    def _infer(self, samples: np.ndarray) -> Inference:
+        """Runs on the inference thread: one predict, the shared cascade decision, the forwards encoded."""
+        t0 = time.perf_counter()
+        probs, activation = self.model.predict(samples)
+        decision = self.model.decide(probs)
+        answers = decision.answered | (self.route.out_topic is None)
+        forwards = [] if answers.all() else codec.encode_tensors(activation[~answers], dtype=self.ws.activation_dtype)
+        # Per-batch conversions: numpy scalar indexing per record costs more than one tolist().
+        return Inference(decision.label.tolist(), decision.confidence.tolist(), decision.exit_id.tolist(),
+                         answers.tolist(), forwards, time.perf_counter() - t0)
+
+    def _publish_staged(self, wait: bool) -> None:
+        """Publish staged batches in order: those whose inference is done, all of them if ``wait``, and
+        always enough to keep at most PIPELINE_DEPTH batches inferring."""
+        while self._staged:
+            head = self._staged[0]
+            if not (wait or len(self._staged) > PIPELINE_DEPTH or head.inference is None or head.inference.done()):
+                return
+            self._staged.popleft()
+            self._publish(head)
+
+    def _publish(self, staged: Staged) -> None:
+        """Answer or forward every valid request of a staged batch (waits for its inference)."""
+        batch, valid, received = staged.batch, staged.valid, staged.received
+        if staged.inference is not None:
+            inf = staged.inference.result()
             self.metrics.batch_size.observe(len(valid))
-            t0 = time.perf_counter()
-            probs, activation = self.model.predict(np.stack([v[-1] for v in valid]))
-            decision = self.model.decide(probs)
-            self.metrics.predict_seconds.observe(time.perf_counter() - t0)
-            answers = decision.answered | (self.route.out_topic is None)
-            # Per-batch conversions: numpy scalar indexing per record costs more than one tolist().
-            labels, confidences = decision.label.tolist(), decision.confidence.tolist()
-            exits, answered = decision.exit_id.tolist(), answers.tolist()
-            forwards = iter(codec.encode_tensors(activation[~answers], dtype=self.ws.activation_dtype)
-                            if not all(answered) else ())
-            for i, (m, headers, origin, deadline, _) in enumerate(valid):
-                result = self._result(headers[codec.REQUEST_ID], labels[i], confidences[i], exits[i], origin)
+            self.metrics.predict_seconds.observe(inf.seconds)
+            forwards = iter(inf.forwards)
+            labels, confidences, exits, answered = inf.labels, inf.confidences, inf.exits, inf.answered
+            exit_counts: Counter[int] = Counter()
+            for i, v in enumerate(valid):
+                rid = v.headers[codec.REQUEST_ID]
                 if answered[i]:
-                    self._answer(result, headers.get(codec.REPLY_TO), received)
+                    self._answer(batch, rid, labels[i], confidences[i], exits[i], v.origin_ts,
+                                 v.headers.get(codec.REPLY_TO), received)
+                    exit_counts[exits[i]] += 1
                 else:
-                    self._forward(m, headers, deadline, next(forwards), result, received)
-            n_answered = int(answers.sum())
+                    result = self._result(rid, labels[i], confidences[i], exits[i], v.origin_ts)
+                    self._forward(batch, v.record, v.headers, v.deadline, next(forwards), result, received)
+            n_answered = sum(exit_counts.values())
             self.metrics.record("answered", n_answered)
             self.metrics.record("forwarded", len(valid) - n_answered)
-            for exit_id, n in Counter(decision.exit_id[answers].tolist()).items():
+            for exit_id, n in exit_counts.items():
                 self.metrics.exit(exit_id, n)
             self.metrics.pending.set(len(self._pending))
-        self._inflight.append(batch)
-        self.consumed += len(msgs)
-        self._settle()
-        if len(self._inflight) > MAX_INFLIGHT_BATCHES:
-            self._await_oldest()
-            self._settle()
+        batch.published = True
+        self.consumed += batch.records
 
     def _await_oldest(self, timeout_s: float = 30) -> None:
         """Serve delivery reports until the oldest in-flight batch is acknowledged.
 
         Bounds the in-flight work like a flush would, without also waiting for the newest outputs.
         """
+        if self._inflight and not self._inflight[0].published:
+            self._publish_staged(wait=True)
         give_up = time.monotonic() + timeout_s
         while self._inflight and self._inflight[0].outstanding > 0:
             if time.monotonic() > give_up:
@@ -352,7 +445,8 @@ class TierWorker:
             for p in self._producers.values():
                 p.poll(0.01 / len(self._producers))  # returns as soon as it has served a report
 
-    def _validate(self, m: Any) -> tuple[dict[str, str], np.ndarray]:
+    def _validate(self, m: Any) -> tuple[dict[str, str], int | None, int | None, np.ndarray]:
+        """Headers, origin timestamp, deadline and the decoded sample of a record, or Rejected."""
         value = m.value()
         size = len(value) if value is not None else 0
         if size > self.ws.max_record_bytes:
@@ -365,8 +459,7 @@ class TierWorker:
         if not headers.get(codec.REQUEST_ID):
             raise Rejected("missing_header", f"missing header {codec.REQUEST_ID}")
         try:
-            codec.header_int(headers, codec.ORIGIN_TS)
-            codec.header_int(headers, codec.DEADLINE)
+            origin, deadline = codec.header_int(headers, codec.ORIGIN_TS), codec.header_int(headers, codec.DEADLINE)
         except CodecError as exc:
             raise Rejected("headers", str(exc)) from None
         if not self.route.is_entry:
@@ -384,7 +477,7 @@ class TierWorker:
                 sample = codec.conform(codec.decode_tensor(value), self.model.input_shape, "float32")
         except CodecError as exc:
             raise Rejected("decode", str(exc)) from None
-        return headers, sample
+        return headers, origin, deadline, sample
 
     def _result(self, request_id: str, label: int, confidence: float, exit_id: int,
                 origin: int | None) -> dict[str, Any]:
@@ -402,14 +495,13 @@ class TierWorker:
                                                                   **{"client.id": f"{self.tier}-{self.version}"}))
         return self._producers[bootstrap]
 
-    def _send(self, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
+    def _send(self, batch: Batch, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
               headers: list[tuple[str, bytes]], header_bytes: int | None = None) -> None:
-        """Produce one output of the current batch; ``header_bytes`` saves summing constant headers."""
+        """Produce one output of ``batch``; ``header_bytes`` saves summing constant headers."""
         producer = self._producer(bootstrap)
         if header_bytes is None:
             header_bytes = sum(len(k) + len(v) for k, v in headers)
         self._bytes_out[topic] += len(value or b"") + len(key or b"") + header_bytes
-        batch = self._batch
         while True:
             try:
                 producer.produce(topic, value=value, key=key, headers=headers, on_delivery=batch.delivered)
@@ -418,25 +510,32 @@ class TierWorker:
             except BufferError:  # local queue full: let deliveries drain, then retry
                 producer.poll(0.1)
 
-    def _answer(self, result: dict[str, Any], reply_to: str | None, received: int) -> None:
+    def _answer(self, batch: Batch, rid: str, label: int, confidence: float, exit_id: int, origin: int | None,
+                reply_to: str | None, received: int, degraded: bool = False) -> None:
         now = codec.now_ms()
-        origin = result.pop("_origin_ts", None)
-        result["tier_latency_ms"] = now - received
-        result["latency_ms"] = (now - origin) if origin is not None else None
-        self._tier_latency_ms.append(now - received)
-        if origin is not None:
-            self._e2e_latency_ms.append(max(now - origin, 0))
-        rid = result["request_id"]
+        tier_latency = now - received
+        latency = (now - origin) if origin is not None else None
+        self._tier_latency_ms.append(tier_latency)
+        if latency is not None:
+            self._e2e_latency_ms.append(max(latency, 0))
+        class_json = self._class_json.get(label)
+        if class_json is None:
+            class_json = self._class_json[label] = _json_str(self.model.class_name(label))
+        # = json.dumps(result dict, separators=(",", ":")) with the fields of codec.RESULT_FIELDS, byte for
+        # byte (tests/unit/runtime/test_worker_outputs.py), without building a dict per answer.
+        body = (f'{{"request_id":{_json_str(rid)},"label":{label},"class_name":{class_json},'
+                f'"confidence":{_json_float(confidence)},"exit":{exit_id},{self._result_tier_json},'
+                f'"tier_latency_ms":{tier_latency},"latency_ms":{_json_opt_int(latency)},'
+                f'"degraded":{"true" if degraded else "false"}}}').encode()
         rid_bytes = rid.encode()
         headers = [(codec.REQUEST_ID, rid_bytes), *self._result_headers]
         header_bytes = self._result_headers_bytes + len(rid_bytes)
-        body = _RESULT_JSON.encode(result).encode()  # fields: codec.RESULT_FIELDS
         bootstrap = self.settings.kafka.bootstrap
-        self._send(bootstrap, self._results_topic, rid, body, headers, header_bytes)
+        self._send(batch, bootstrap, self._results_topic, rid, body, headers, header_bytes)
         if reply_to and reply_to != self._results_topic:
-            self._send(bootstrap, reply_to, rid, body, headers, header_bytes)
+            self._send(batch, bootstrap, reply_to, rid, body, headers, header_bytes)
 
-    def _forward(self, m: Any, headers: dict[str, str], deadline: int | None, value: bytes,
+    def _forward(self, batch: Batch, m: Any, headers: dict[str, str], deadline: int | None, value: bytes,
                  result: dict[str, Any], received: int) -> None:
         """Send the encoded activation ``value`` to the next tier and remember the request for the fallback."""
         rid = headers[codec.REQUEST_ID]
@@ -448,18 +547,25 @@ class TierWorker:
         reply_to = headers.get(codec.REPLY_TO)
         # = codec.make_headers(rid, model=, version=, origin_ts=, deadline=, reply_to=, content_type=TENSOR,
         # tf_source_tier=), built from constant parts (tests/unit/runtime/test_worker_outputs.py compares them).
-        out_headers = [(codec.REQUEST_ID, rid.encode()),
-                       (codec.MODEL, headers.get(codec.MODEL, self.model.model_name).encode()),
-                       self._forward_version, (codec.ORIGIN_TS, str(origin).encode()),
-                       (codec.DEADLINE, str(deadline).encode()),
-                       *(() if reply_to is None else ((codec.REPLY_TO, reply_to.encode()),)), *self._forward_tail]
-        self._send(self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
-                   out_headers)
+        rid_b, model_b = rid.encode(), headers.get(codec.MODEL, self.model.model_name).encode()
+        origin_b, deadline_b = str(origin).encode(), str(deadline).encode()
+        header_bytes = self._forward_const_bytes + len(rid_b) + len(model_b) + len(origin_b) + len(deadline_b)
+        if reply_to is None:
+            out_headers = [(codec.REQUEST_ID, rid_b), (codec.MODEL, model_b), self._forward_version,
+                           (codec.ORIGIN_TS, origin_b), (codec.DEADLINE, deadline_b), *self._forward_tail]
+        else:
+            reply_b = reply_to.encode()
+            header_bytes += len(codec.REPLY_TO) + len(reply_b)
+            out_headers = [(codec.REQUEST_ID, rid_b), (codec.MODEL, model_b), self._forward_version,
+                           (codec.ORIGIN_TS, origin_b), (codec.DEADLINE, deadline_b), (codec.REPLY_TO, reply_b),
+                           *self._forward_tail]
+        self._send(batch, self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
+                   out_headers, header_bytes)
         degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
         self._pending[rid] = Pending(rid, degrade_at, result, headers.get(codec.REPLY_TO), origin, received)
         heapq.heappush(self._deadlines, (degrade_at, rid))
 
-    def _dead_letter(self, m: Any, rej: Rejected) -> None:
+    def _dead_letter(self, batch: Batch, m: Any, rej: Rejected) -> None:
         self.metrics.dead_letter(rej.kind)
         log.warning("dead letter", extra={"tier": self.tier, "reason": rej.reason, "topic": m.topic(),
                                           "partition": m.partition(), "offset": m.offset()})
@@ -467,7 +573,7 @@ class TierWorker:
         headers += [(codec.ERROR, rej.reason.encode()), ("tf-error-kind", rej.kind.encode()),
                     (codec.SOURCE_TIER, self.tier.encode()),
                     ("tf-dlq-origin", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
-        self._send(self.settings.kafka.bootstrap, self._dlq_topic, m.key(), m.value(), headers)
+        self._send(batch, self.settings.kafka.bootstrap, self._dlq_topic, m.key(), m.value(), headers)
 
     def _settle(self, block: bool = False, final: bool = False) -> None:
         """Serve delivery reports, then commit the offsets of the acknowledged prefix of batches.
@@ -488,7 +594,7 @@ class TierWorker:
             self.metrics.sent(topic, n)
         self._bytes_out.clear()
         offsets: dict[tuple[str, int], int] = {}
-        while self._inflight and self._inflight[0].outstanding == 0:
+        while self._inflight and self._inflight[0].published and self._inflight[0].outstanding == 0:
             batch = self._inflight[0]
             if batch.errors:
                 self._commit(offsets, final)
@@ -534,19 +640,20 @@ class TierWorker:
     def _expire_pending(self) -> None:
         now = codec.now_ms()
         published = False
+        batch = Batch()  # degraded answers: acknowledged like a batch without offsets
         if self._deadlines and self._deadlines[0][0] <= now:
-            self._batch = Batch()  # degraded answers: acknowledged like a batch without offsets
-            self._inflight.append(self._batch)
+            self._inflight.append(batch)
         while self._deadlines and self._deadlines[0][0] <= now:
             degrade_at, rid = heapq.heappop(self._deadlines)
             p = self._pending.get(rid)
             if p is None or p.degrade_at != degrade_at:
                 continue
             del self._pending[rid]
-            result = dict(p.result, degraded=True)
-            self._answer(result, p.reply_to, p.received_ts)
+            r = p.result
+            self._answer(batch, rid, r["label"], r["confidence"], r["exit"], p.origin_ts, p.reply_to, p.received_ts,
+                         degraded=True)
             self.metrics.degraded.inc()
-            self.metrics.exit(result["exit"])
+            self.metrics.exit(r["exit"])
             published = True
         if published:
             log.info("degraded answers published", extra={"tier": self.tier, "pending": len(self._pending)})

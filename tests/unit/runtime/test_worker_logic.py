@@ -65,11 +65,12 @@ def test_entry_accepts_any_version_and_content_types():
     w = _worker("edge", (28, 28, 1))
     img = np.arange(784, dtype=np.uint8).reshape(28, 28)
     for headers, value in [
-        (codec.make_headers("a"), codec.encode_tensor(img)),
+        (codec.make_headers("a", origin_ts=5, deadline=9), codec.encode_tensor(img)),
         (codec.make_headers("b", version="99", content_type=codec.PNG), codec.encode_image(img)),
         (codec.make_headers("c", content_type=codec.JSON), str(img.tolist()).encode()),
     ]:
-        h, x = w._validate(FakeRecord(value, headers))
+        h, origin, deadline, x = w._validate(FakeRecord(value, headers))
+        assert (origin, deadline) == ((5, 9) if h[codec.REQUEST_ID] == "a" else (None, None))
         assert x.shape == (28, 28, 1) and x.dtype == np.float32
         np.testing.assert_array_equal(x[..., 0], img)
 
@@ -93,6 +94,6 @@ def test_link_tier_rejections(headers, value, kind, reason):
 def test_link_tier_accepts_fp16_activations_of_its_version():
     w = _worker("fog", (14, 14, 16))
     act = np.random.default_rng(0).normal(size=(14, 14, 16)).astype(np.float32)
-    _, x = w._validate(FakeRecord(codec.encode_tensor(act, dtype="float16"), codec.make_headers("a", version="4")))
+    *_, x = w._validate(FakeRecord(codec.encode_tensor(act, dtype="float16"), codec.make_headers("a", version="4")))
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, act, atol=1e-2)
