@@ -184,7 +184,7 @@ class LocalProcessBackend(RolloutBackend):
                 st = not_ready[0]
                 raise RolloutError(f"v{release.version} {spec.tier} not ready after {timeout_s:.0f}s "
                                    f"(/readyz on port {st['port']}); log {st['log']}:\n{log_tail(st['log'])}")
-            time.sleep(0.3)
+            time.sleep(0.1)
 
     def stop_tier(self, app: str, version: str, tier: str, timeout_s: float) -> None:
         """SIGTERM the supervisors (they forward it and wait for the drain); SIGKILL after timeout_s."""

@@ -1,7 +1,8 @@
 """The version-consistent rollout over any `RolloutBackend`, with a canary gate and automatic rollback.
 
-Order (DESIGN "Versioned rollout"): the new version's downstream tiers start first (cloud, fog) and must
-be ready before its edge joins the shared edge consumer group on ``APP.requests``; so no activation of
+Order (DESIGN "Versioned rollout"): the new version's downstream tiers start first (cloud and fog at the
+same time: they only read their own version's topics) and must all be ready before its edge starts and
+joins the shared edge consumer group on ``APP.requests``; so no activation of
 the new network ever waits for a tier that is not there. The canary runs while the old version still
 serves its share of the traffic: if it fails, removing the new edge hands its partitions back to the old
 edge and nothing has to be restarted (no cold start, champion unchanged). Only after the canary passes
@@ -38,7 +39,7 @@ class Step:
 
 @dataclass(frozen=True)
 class RolloutPlan:
-    bring_up: tuple[Step, ...]  # new version, downstream first, each start followed by its wait
+    bring_up: tuple[Step, ...]  # new version: downstream starts, their waits, then the edge's start and wait
     retire: tuple[Step, ...]  # old versions: edge leaves, then fog/cloud drain and stop
     rollback: tuple[Step, ...]  # new version in reverse order (edge first), used on failure
 
@@ -46,11 +47,15 @@ class RolloutPlan:
 def plan_rollout(release: Release, running: dict[str, Sequence[str]]) -> RolloutPlan:
     """What to start, retire and (on failure) undo, given the versions that have workers now."""
     already = set(running.get(release.version, ()))
-    bring_up: list[Step] = []
-    for spec in release.downstream_first():
-        if spec.tier not in already:
-            bring_up.append(Step("start", release.version, spec.tier))
-        bring_up.append(Step("wait", release.version, spec.tier))
+    # The downstream tiers only consume their own version's link topics, so they start together (their
+    # process start and group join overlap) and must all be ready before the entry tier (the edge) starts
+    # and joins the shared group.
+    *downstream, entry = release.downstream_first()
+    bring_up: list[Step] = [Step("start", release.version, s.tier) for s in downstream if s.tier not in already]
+    bring_up += [Step("wait", release.version, s.tier) for s in downstream]
+    if entry.tier not in already:
+        bring_up.append(Step("start", release.version, entry.tier))
+    bring_up.append(Step("wait", release.version, entry.tier))
     retire: list[Step] = []
     order = list(TIER_ORDER) + [s.tier for s in release.tiers if s.tier not in TIER_ORDER]
     for version in sorted((v for v in running if v != release.version), key=_version_key):

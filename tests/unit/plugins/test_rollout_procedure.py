@@ -53,7 +53,7 @@ def good_report(n=100, version_answers=60, correct=55, p95=40.0) -> CanaryReport
 def test_plan_starts_downstream_first_and_retires_old_edge_first():
     plan = plan_rollout(release("2"), {"1": ["cloud", "edge", "fog"]})
     assert [str(s) for s in plan.bring_up] == [
-        "start v2 cloud", "wait v2 cloud", "start v2 fog", "wait v2 fog", "start v2 edge", "wait v2 edge"]
+        "start v2 cloud", "start v2 fog", "wait v2 cloud", "wait v2 fog", "start v2 edge", "wait v2 edge"]
     assert [str(s) for s in plan.retire] == [
         "stop v1 edge", "drain v1 fog", "stop v1 fog", "drain v1 cloud", "stop v1 cloud"]
     assert [s.tier for s in plan.rollback] == ["edge", "fog", "cloud"]
@@ -99,6 +99,11 @@ def test_successful_rollout_retires_old_version_and_promotes():
     assert backend.running("app") == {"2": ["cloud", "fog", "edge"]}
     starts = [c for c in backend.calls if c[0] == "start"]
     assert [c[2] for c in starts] == ["cloud", "fog", "edge"]
+    # cloud and fog start together; the edge starts (joins the shared group) only when both are ready
+    edge_start = backend.calls.index(("start", "2", "edge"))
+    assert backend.calls.index(("start", "2", "fog")) < backend.calls.index(("wait", "2", "cloud"))
+    assert backend.calls.index(("wait", "2", "cloud")) < edge_start
+    assert backend.calls.index(("wait", "2", "fog")) < edge_start
     # the old edge leaves only after the new edge is ready
     assert backend.calls.index(("stop", "1", "edge")) > backend.calls.index(("wait", "2", "edge"))
     assert out.retired == ["1/edge", "1/fog", "1/cloud"]
