@@ -213,6 +213,7 @@ class TierWorker:
         # The constant middle of every result's JSON body (fields in codec.RESULT_FIELDS order).
         self._result_tier_json = f'"tier":{_json_str(self.tier)},"model_version":{_json_str(version)}'
         self._class_json: dict[int, str] = {}
+        self._layout: codec.TensorLayout | None = None  # of the last tensor record decoded
         # The constant head (version) and tail (content type, source tier) of a forward's headers, in
         # codec.make_headers order.
         self._forward_version = (codec.VERSION, version.encode())
@@ -470,14 +471,23 @@ class TierWorker:
                 raise Rejected("version", f"activations of model version {version} reached the {self.tier} "
                                           f"worker of version {self.version}; versions are never mixed")
         try:
-            if self.route.is_entry:
-                sample = codec.decode_input(value, headers.get(codec.CONTENT_TYPE), self.model.input_shape,
-                                            self.model.input_dtype)
-            else:
-                sample = codec.conform(codec.decode_tensor(value), self.model.input_shape, "float32")
+            content_type = headers.get(codec.CONTENT_TYPE) if self.route.is_entry else codec.TENSOR
+            sample = self._layout.decode(value) if value and self._layout and content_type in (None, codec.TENSOR) \
+                else None
+            if sample is None:
+                sample = self._decode(value, content_type)
         except CodecError as exc:
             raise Rejected("decode", str(exc)) from None
         return headers, origin, deadline, sample
+
+    def _decode(self, value: bytes | None, content_type: str | None) -> np.ndarray:
+        """Full decode and checks; remembers the layout of a tensor record for the next ones."""
+        shape = self.model.input_shape
+        dtype = self.model.input_dtype if self.route.is_entry else "float32"
+        sample = codec.decode_input(value, content_type, shape, dtype)
+        if content_type in (None, codec.TENSOR):
+            self._layout = codec.TensorLayout.of(value, shape, dtype)
+        return sample
 
     def _result(self, request_id: str, label: int, confidence: float, exit_id: int,
                 origin: int | None) -> dict[str, Any]:

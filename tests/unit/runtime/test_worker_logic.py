@@ -97,3 +97,21 @@ def test_link_tier_accepts_fp16_activations_of_its_version():
     *_, x = w._validate(FakeRecord(codec.encode_tensor(act, dtype="float16"), codec.make_headers("a", version="4")))
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, act, atol=1e-2)
+
+
+def test_records_of_a_known_layout_decode_the_same_and_bad_ones_are_still_rejected():
+    w = _worker("fog", (14, 14, 16))
+    rng = np.random.default_rng(2)
+    acts = rng.normal(size=(3, 14, 14, 16)).astype(np.float32)
+    headers = codec.make_headers("a", version="4")
+    decoded = [w._validate(FakeRecord(codec.encode_tensor(a), headers))[-1] for a in acts]
+    assert w._layout is not None  # learnt from the first record, used for the next ones
+    for a, x in zip(acts, decoded, strict=True):
+        np.testing.assert_array_equal(np.asarray(x, np.float32), a)
+    bad = acts[0].copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(Rejected, match="NaN or infinite") as err:
+        w._validate(FakeRecord(codec.encode_tensor(bad), headers))
+    assert err.value.kind == "decode"
+    with pytest.raises(Rejected, match="does not fit"):
+        w._validate(FakeRecord(codec.encode_tensor(acts[0][:7]), headers))
