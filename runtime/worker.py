@@ -193,7 +193,7 @@ class TierWorker:
         self._heartbeat = time.monotonic()
         self._pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[int, str]] = []
-        self.consumed = 0  # records taken from the input topic (answered, forwarded or dead-lettered)
+        self.consumed = 0  # input records done with (answered, forwarded, dead-lettered or skipped)
         self._answered: dict[str, None] = {}  # insertion-ordered set of recently answered request ids
         self._inflight: deque[Batch] = deque()
         self._staged: deque[Staged] = deque()
