@@ -24,6 +24,43 @@ class DemoTimings:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+def earlier_than_any_schedule(now: float | None = None) -> str:
+    """A run_after (ISO 8601, UTC) two hours before now: ahead of any hourly run the scheduler queues."""
+    t = (time.time() if now is None else now) - 2 * 3600
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
+
+
+def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float = 600,
+                           on_progress: Any = None) -> dict[str, Any]:
+    """Run the ingest DAG once by hand and return its result (XCom: manifest_uri, version, records, ...).
+
+    Deterministic even though the DAG is hourly: unpausing it makes the scheduler queue a catch-up run for
+    the last full hour at once, and queued runs of a DAG start one at a time in run_after order. This run
+    is triggered (while paused) with an earlier run_after, so it starts first and drains the topic; a
+    catch-up run then finds nothing new (skipped, no Asset event) and is waited for, so nothing ingests
+    beside what comes next. Fails if this run did not take at least `expected_records` new records.
+    """
+    from plugins.pipeline.airflow_rest import AirflowApiError
+    from plugins.pipeline.common import INGEST_DAG
+
+    run_id = airflow.trigger(INGEST_DAG, run_after=earlier_than_any_schedule())
+    airflow.set_paused(INGEST_DAG, False)
+    run = airflow.wait_run(INGEST_DAG, run_id, timeout_s, on_progress=on_progress)
+    if run["state"] != "success":
+        raise RuntimeError(f"ingest failed:\n{airflow.failure_report(INGEST_DAG, run_id)}")
+    for other in airflow.runs(INGEST_DAG, ("queued", "running")):
+        airflow.wait_run(INGEST_DAG, other["dag_run_id"], timeout_s)
+    try:
+        result = airflow.xcom(INGEST_DAG, run_id, "ingest") or {}
+    except AirflowApiError:  # skipped: no XCom
+        result = {}
+    if not result.get("manifest_uri") or result.get("new_records", 0) < expected_records:
+        raise RuntimeError(f"ingest run {run_id} did not take the {expected_records} published samples "
+                           f"(result {result or 'skipped: nothing new'}); does another consumer group "
+                           "ingest the training topic?")
+    return {**result, "run_id": run_id}
+
+
 def registration_to_serving(task_instances: list[dict]) -> float | None:
     """Seconds from the end of the register task until the deploy task had the new edge ready.
 
@@ -75,17 +112,10 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
                       f"({timings.publish_s:.1f}s)")
 
         t = time.monotonic()
-        airflow.set_paused(INGEST_DAG, False)
-        run_id = airflow.trigger(INGEST_DAG)
         with console.status(f"{INGEST_DAG}: running") as status:
-            run = airflow.wait_run(INGEST_DAG, run_id, 600, on_progress=lambda s: status.update(f"{INGEST_DAG}: {s}"))
-        if run["state"] != "success":
-            raise RuntimeError(f"ingest failed:\n{airflow.failure_report(INGEST_DAG, run_id)}")
-        # Unpausing the ingest DAG may start its scheduled run first; whichever run drained the topic
-        # wrote the dataset version: take the newest one.
-        from plugins.pipeline.datasets import resolve_dataset_uri
-
-        dataset_uri = resolve_dataset_uri("", None, settings)
+            ingested = ingest_through_airflow(airflow, len(train),
+                                              on_progress=lambda s: status.update(f"{INGEST_DAG}: {s}"))
+        dataset_uri = ingested["manifest_uri"]
         timings.ingest_s = time.monotonic() - t
         console.print(f"ingest: dataset {dataset_uri} ({timings.ingest_s:.0f}s)")
 

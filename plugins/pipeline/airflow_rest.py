@@ -71,9 +71,19 @@ class AirflowClient:
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
-    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        out = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+    def trigger(self, dag_id: str, conf: dict | None = None, *, run_after: str | None = None) -> str:
+        """A manual run; `run_after` (ISO 8601) earlier than now puts it ahead of queued scheduled runs
+        (the scheduler starts queued runs of a DAG in run_after order)."""
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+        if run_after is not None:
+            body["run_after"] = run_after
+        out = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
         return out["dag_run_id"]
+
+    def runs(self, dag_id: str, states: tuple[str, ...] = ()) -> list[dict]:
+        """Runs of the DAG (the newest 100), only those in `states` if given (e.g. ("queued", "running"))."""
+        query = "".join(f"&state={st}" for st in states)
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after{query}")["dag_runs"]
 
     def run(self, dag_id: str, run_id: str) -> dict:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
