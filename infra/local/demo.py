@@ -43,7 +43,9 @@ def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float
     from plugins.pipeline.airflow_rest import AirflowApiError
     from plugins.pipeline.common import INGEST_DAG
 
-    run_id = airflow.trigger(INGEST_DAG, run_after=earlier_than_any_schedule())
+    # the run id says when it was triggered (Airflow would name it after the earlier run_after)
+    run_id = airflow.trigger(INGEST_DAG, run_after=earlier_than_any_schedule(),
+                             run_id=f"manual__{time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime())}")
     airflow.set_paused(INGEST_DAG, False)
     run = airflow.wait_run(INGEST_DAG, run_id, timeout_s, on_progress=on_progress)
     if run["state"] != "success":

@@ -71,12 +71,15 @@ class AirflowClient:
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
-    def trigger(self, dag_id: str, conf: dict | None = None, *, run_after: str | None = None) -> str:
+    def trigger(self, dag_id: str, conf: dict | None = None, *, run_after: str | None = None,
+                run_id: str | None = None) -> str:
         """A manual run; `run_after` (ISO 8601) earlier than now puts it ahead of queued scheduled runs
         (the scheduler starts queued runs of a DAG in run_after order)."""
         body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
         if run_after is not None:
             body["run_after"] = run_after
+        if run_id is not None:
+            body["dag_run_id"] = run_id
         out = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
         return out["dag_run_id"]
 
