@@ -520,6 +520,9 @@ def ingest(settings: Any = None, *, class_names: list[str] | None = None, sample
     settings = settings or get_settings()
     if settings.ingest.shard_records < 1:
         raise ValueError(f"ingest.shard_records must be >= 1, got {settings.ingest.shard_records}")
+    if settings.ingest.upload_concurrency < 1:
+        raise ValueError(f"ingest.upload_concurrency must be >= 1 (TIERFLOW_INGEST__UPLOAD_CONCURRENCY), got "
+                         f"{settings.ingest.upload_concurrency}")
     run = _Run(settings, class_names, sample_shape, sample_dtype, on_event)
     result = run.run(settings.ingest.max_records if max_records is None else max_records,
                      settings.ingest.idle_timeout_s if idle_timeout_s is None else idle_timeout_s)

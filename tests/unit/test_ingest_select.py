@@ -28,3 +28,16 @@ def test_older_leftover_beyond_the_rerun_is_dropped_only_if_it_overlaps():
     assert [c[0] for c in chosen] == ["a", "b"]  # 2000-2047 are not committed: the next run reads them
     ranges = [(c[2], c[3]) for c in chosen]
     assert all(r1[1] < r2[0] for r1, r2 in zip(ranges, ranges[1:], strict=False))
+
+
+def test_bad_ingest_settings_fail_before_any_io_with_what_to_fix():
+    import pytest
+
+    from plugins.ingest import ingest
+    from runtime.settings import Settings
+
+    base = Settings(_env_file=None)
+    for field in ("shard_records", "upload_concurrency"):
+        bad = base.model_copy(update={"ingest": base.ingest.model_copy(update={field: 0})})
+        with pytest.raises(ValueError, match=f"ingest.{field} must be >= 1"):
+            ingest(bad)
