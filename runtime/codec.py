@@ -262,11 +262,12 @@ class TensorLayout:
     shape: tuple[int, ...]
 
     @classmethod
-    def of(cls, data: bytes, shape: Sequence[int], dtype: str) -> TensorLayout:
-        """The layout of a tensor record that fits a model input of ``shape`` and ``dtype`` (else CodecError)."""
+    def of(cls, data: bytes, shape: Sequence[int], dtype: str) -> tuple[TensorLayout, np.ndarray]:
+        """The layout of a tensor record that fits a model input of ``shape`` and ``dtype``, and its sample
+        as `conform` returns it (else CodecError)."""
         raw = decode_tensor(data)
-        conform(raw, shape, dtype)
-        return cls(bytes(data[:_HEAD.size + 4 * raw.ndim]), len(data), raw.dtype, tuple(int(d) for d in shape))
+        sample = conform(raw, shape, dtype)
+        return cls(bytes(data[:_HEAD.size + 4 * raw.ndim]), len(data), raw.dtype, tuple(sample.shape)), sample
 
     def decode(self, data: bytes) -> np.ndarray | None:
         """The sample in the record's own dtype, or None if the record does not have this layout."""

@@ -66,7 +66,9 @@ class Pending:
 
     request_id: str
     degrade_at: int  # epoch ms
-    result: dict[str, Any]
+    label: int
+    confidence: float
+    exit_id: int
     reply_to: str | None
     origin_ts: int | None
     received_ts: int
@@ -421,8 +423,8 @@ class TierWorker:
                                  v.headers.get(codec.REPLY_TO), received)
                     exit_counts[exits[i]] += 1
                 else:
-                    result = self._result(rid, labels[i], confidences[i], exits[i], v.origin_ts)
-                    self._forward(batch, v.record, v.headers, v.deadline, next(forwards), result, received)
+                    self._forward(batch, v.record, v.headers, v.origin_ts, v.deadline, next(forwards), labels[i],
+                                  confidences[i], exits[i], received)
             n_answered = sum(exit_counts.values())
             self.metrics.record("answered", n_answered)
             self.metrics.record("forwarded", len(valid) - n_answered)
@@ -484,16 +486,10 @@ class TierWorker:
         """Full decode and checks; remembers the layout of a tensor record for the next ones."""
         shape = self.model.input_shape
         dtype = self.model.input_dtype if self.route.is_entry else "float32"
-        sample = codec.decode_input(value, content_type, shape, dtype)
-        if content_type in (None, codec.TENSOR):
-            self._layout = codec.TensorLayout.of(value, shape, dtype)
-        return sample
-
-    def _result(self, request_id: str, label: int, confidence: float, exit_id: int,
-                origin: int | None) -> dict[str, Any]:
-        return {"request_id": request_id, "label": label, "class_name": self.model.class_name(label),
-                "confidence": confidence, "exit": exit_id, "tier": self.tier, "model_version": self.version,
-                "tier_latency_ms": None, "latency_ms": None, "degraded": False, "_origin_ts": origin}
+        if content_type in (None, codec.TENSOR) and value:
+            self._layout, sample = codec.TensorLayout.of(value, shape, dtype)
+            return sample
+        return codec.decode_input(value, content_type, shape, dtype)
 
     # ---- outputs ------------------------------------------------------------------------------------
 
@@ -545,14 +541,13 @@ class TierWorker:
         if reply_to and reply_to != self._results_topic:
             self._send(batch, bootstrap, reply_to, rid, body, headers, header_bytes)
 
-    def _forward(self, batch: Batch, m: Any, headers: dict[str, str], deadline: int | None, value: bytes,
-                 result: dict[str, Any], received: int) -> None:
-        """Send the encoded activation ``value`` to the next tier and remember the request for the fallback."""
+    def _forward(self, batch: Batch, m: Any, headers: dict[str, str], origin: int | None, deadline: int | None,
+                 value: bytes, label: int, confidence: float, exit_id: int, received: int) -> None:
+        """Send the encoded activation ``value`` to the next tier and remember this tier's prediction for the
+        fallback."""
         rid = headers[codec.REQUEST_ID]
-        origin = result["_origin_ts"]
         if origin is None:
             origin = m.timestamp()[1] if m.timestamp()[1] > 0 else received
-            result["_origin_ts"] = origin
         deadline = deadline or origin + self.ws.default_deadline_ms
         reply_to = headers.get(codec.REPLY_TO)
         # = codec.make_headers(rid, model=, version=, origin_ts=, deadline=, reply_to=, content_type=TENSOR,
@@ -572,7 +567,7 @@ class TierWorker:
         self._send(batch, self.settings.kafka.for_tier(self.route.next_tier), self.route.out_topic, m.key(), value,
                    out_headers, header_bytes)
         degrade_at = deadline + self.ws.degrade_grace_ms * self.route.degrade_grace_factor
-        self._pending[rid] = Pending(rid, degrade_at, result, headers.get(codec.REPLY_TO), origin, received)
+        self._pending[rid] = Pending(rid, degrade_at, label, confidence, exit_id, reply_to, origin, received)
         heapq.heappush(self._deadlines, (degrade_at, rid))
 
     def _dead_letter(self, batch: Batch, m: Any, rej: Rejected) -> None:
@@ -649,21 +644,21 @@ class TierWorker:
 
     def _expire_pending(self) -> None:
         now = codec.now_ms()
+        if not (self._deadlines and self._deadlines[0][0] <= now):
+            return
         published = False
         batch = Batch()  # degraded answers: acknowledged like a batch without offsets
-        if self._deadlines and self._deadlines[0][0] <= now:
-            self._inflight.append(batch)
+        self._inflight.append(batch)
         while self._deadlines and self._deadlines[0][0] <= now:
             degrade_at, rid = heapq.heappop(self._deadlines)
             p = self._pending.get(rid)
             if p is None or p.degrade_at != degrade_at:
                 continue
             del self._pending[rid]
-            r = p.result
-            self._answer(batch, rid, r["label"], r["confidence"], r["exit"], p.origin_ts, p.reply_to, p.received_ts,
+            self._answer(batch, rid, p.label, p.confidence, p.exit_id, p.origin_ts, p.reply_to, p.received_ts,
                          degraded=True)
             self.metrics.degraded.inc()
-            self.metrics.exit(r["exit"])
+            self.metrics.exit(p.exit_id)
             published = True
         if published:
             log.info("degraded answers published", extra={"tier": self.tier, "pending": len(self._pending)})

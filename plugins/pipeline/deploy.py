@@ -96,7 +96,7 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
     if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
-    from ml.registry import promote as promote_release
+    from plugins.hooks.mlflow import MlflowRegistryHook
 
     backend = backend or make_backend(cfg["backend"], settings)
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
@@ -112,5 +112,5 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(
         backend, release, canary=canary, policy=policy,
-        promote=promote or (lambda v: log(f"champion -> release {v}: {promote_release(settings.app, v, settings)}")),
+        promote=promote or (lambda v: log(f"champion -> release {v}: {MlflowRegistryHook(settings).promote(v)}")),
         drain=lambda v, t: time.sleep(drain_s), log=log)

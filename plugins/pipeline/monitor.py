@@ -150,9 +150,9 @@ def expected_tier_fractions(settings: Any) -> dict[str, float] | None:
 
 
 def _champion_tier_fractions(settings: Any) -> dict[str, float] | None:
-    from ml.registry import champion_metrics
+    from plugins.hooks.mlflow import MlflowRegistryHook
 
-    champion = champion_metrics(settings.app, settings)
+    champion = MlflowRegistryHook(settings).champion_metrics()
     if not champion:
         return None
     metrics = champion["metrics"]

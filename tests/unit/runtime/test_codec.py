@@ -133,7 +133,7 @@ def test_bad_inputs_have_clear_reasons(data, ctype, reason):
 def test_tensor_layout_decodes_records_of_the_same_layout_like_decode_input():
     rng = np.random.default_rng(1)
     a, b = (rng.integers(0, 255, (28, 28), dtype=np.uint8) for _ in range(2))
-    layout = codec.TensorLayout.of(codec.encode_tensor(a), (28, 28, 1), "float32")
+    layout, _ = codec.TensorLayout.of(codec.encode_tensor(a), (28, 28, 1), "float32")
     fast = layout.decode(codec.encode_tensor(b))
     assert fast.shape == (28, 28, 1)
     np.testing.assert_array_equal(fast.astype(np.float32),
@@ -146,7 +146,7 @@ def test_tensor_layout_decodes_records_of_the_same_layout_like_decode_input():
 
 def test_tensor_layout_still_rejects_non_finite_floats_and_unfit_records():
     act = np.ones((4, 4, 2), np.float16)
-    layout = codec.TensorLayout.of(codec.encode_tensor(act), (4, 4, 2), "float32")
+    layout, _ = codec.TensorLayout.of(codec.encode_tensor(act), (4, 4, 2), "float32")
     act[1, 2, 0] = np.nan
     with pytest.raises(codec.CodecError, match="NaN"):
         layout.decode(codec.encode_tensor(act))

@@ -34,7 +34,7 @@ def test_forward_headers_equal_make_headers(incoming):
     w._send = lambda batch, bootstrap, topic, key, value, headers, header_bytes: sent.append(
         (topic, key, value, headers, header_bytes))
     origin, deadline = codec.header_int(incoming, codec.ORIGIN_TS), codec.header_int(incoming, codec.DEADLINE)
-    w._forward(Batch(), FakeRecord(), incoming, deadline, b"act", {"_origin_ts": origin}, 1_700_000_000_500)
+    w._forward(Batch(), FakeRecord(), incoming, origin, deadline, b"act", 3, 0.5, 1, 1_700_000_000_500)
     origin = origin if origin is not None else 1_700_000_000_123
     deadline = deadline or origin + w.ws.default_deadline_ms
     expected = codec.make_headers(incoming[codec.REQUEST_ID], model=incoming.get(codec.MODEL, "fm"), version="4",
