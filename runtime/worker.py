@@ -495,8 +495,11 @@ class TierWorker:
         while time.monotonic() - t0 < 120:
             msgs = self._watcher.consume(1000, timeout=0.5)
             self._note_answers(msgs)
-            if not msgs and all(tp.offset >= 0 for tp in self._watcher.position(assignment)):
-                break  # caught up: a fetch at every partition's position came back empty
+            # Caught up: a fetch came back empty with every partition's position known (or, on a topic with
+            # nothing to read, none became known within a few fetch rounds).
+            if not msgs and (time.monotonic() - t0 > 2 or all(
+                    tp.offset >= 0 for tp in self._watcher.position(assignment))):
+                break
         self._recalled = True
         self.metrics.answer_memory.set(len(self.memory))
         log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
