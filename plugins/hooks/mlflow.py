@@ -27,7 +27,7 @@ class MlflowRegistryHook:
         """{tier: model version} of a release number or alias ("candidate", "champion")."""
         from ml.registry import release_versions
 
-        return release_versions(self.settings.app, ref, self.settings)
+        return release_versions(self.settings.app, ref, self.get_conn())
 
     def uris(self, ref: str) -> dict[str, str]:
         """{tier: "models:/APP-tier/<version>"}: pinned URIs for the tier workers of a release."""
@@ -38,16 +38,16 @@ class MlflowRegistryHook:
     def set_alias(self, ref: str, alias: str) -> dict[str, str]:
         from ml.registry import set_release_alias
 
-        return set_release_alias(self.settings.app, ref, alias, self.settings)
+        return set_release_alias(self.settings.app, ref, alias, self.get_conn())
 
     def promote(self, ref: str) -> dict[str, str]:
         """`champion` -> every model of the release (after a healthy rollout)."""
         from ml.registry import promote
 
-        return promote(self.settings.app, ref, self.settings)
+        return promote(self.settings.app, ref, self.get_conn())
 
     def champion_metrics(self) -> dict[str, Any] | None:
         """The champion release's run metrics for the gate, or None before the first promotion."""
         from ml.registry import champion_metrics
 
-        return champion_metrics(self.settings.app, self.settings)
+        return champion_metrics(self.settings.app, self.get_conn())

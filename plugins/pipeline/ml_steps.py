@@ -100,7 +100,8 @@ def gate_step(cfg: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     from ml.registry import champion_metrics
     from runtime.settings import get_settings
 
-    champion = champion_metrics(get_settings().app)
+    settings = get_settings()
+    champion = champion_metrics(settings.app, settings.mlflow.tracking_uri)
     verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"])
     if not verdict["passed"]:
         raise RuntimeError(f"gate: candidate rejected, champion kept: {verdict['reason']}")
@@ -124,7 +125,10 @@ def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, mar
 def register_step(trained: dict[str, Any]) -> dict[str, Any]:
     """Every tier + the full model, from the training run, alias `candidate`."""
     from ml.registry import register_bundle
+    from runtime.settings import get_settings
 
-    release = register_bundle(trained["bundle_dir"], run_id=trained["run_id"],
+    settings = get_settings()
+    release = register_bundle(trained["bundle_dir"], app=settings.app, tracking_uri=settings.mlflow.tracking_uri,
+                              run_id=trained["run_id"],
                               dataset_version=trained["dataset_version"])
     return release.as_dict()

@@ -41,8 +41,8 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
     first = run_dag(airflow_db, settings, "tierflow_pipeline", TINY)
     assert first["state"] == "success", first["log"][-6000:]
     assert set(first["tasks"].values()) == {"success"}
-    assert set(release_versions(settings.app, "1", settings)) == {"edge", "fog", "cloud", "full"}
-    assert champion_metrics(settings.app, settings)["release"] == "1"
+    assert set(release_versions(settings.app, "1", settings.mlflow.tracking_uri)) == {"edge", "fog", "cloud", "full"}
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == "1"
     backend = LocalProcessBackend(settings.home)
     assert {v: sorted(t) for v, t in backend.running(settings.app).items()} == {"1": ["cloud", "edge", "fog"]}
 
@@ -51,8 +51,8 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
     assert second["state"] == "failed"
     assert second["tasks"]["register"] == "success" and second["tasks"]["deploy"] == "failed"
     assert "rolled back, champion unchanged" in second["log"] and "p95 latency" in second["log"]
-    assert champion_metrics(settings.app, settings)["release"] == "1"
-    assert set(release_versions(settings.app, "candidate", settings)) == {"edge", "fog", "cloud", "full"}
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == "1"
+    assert set(release_versions(settings.app, "candidate", settings.mlflow.tracking_uri)) == {"edge", "fog", "cloud", "full"}
     assert list(backend.running(settings.app)) == ["1"]
 
     x, y = canary_samples(30)
