@@ -29,7 +29,9 @@ class TensorSpec(BaseModel):
     dtype: str = "float32"
 
 
-class TierSpec(BaseModel):
+class ManifestTier(BaseModel):
+    """One tier's entry in a bundle manifest: its exits, Keras file, shapes, thresholds, FLOPs."""
+
     name: str
     exits: list[int]  # global exit ids, ascending
     file: str
@@ -47,14 +49,14 @@ class BundleManifest(BaseModel):
     input: TensorSpec
     class_names: list[str]
     confidence: Literal["max_softmax", "entropy"] = "max_softmax"
-    tiers: list[TierSpec]
+    tiers: list[ManifestTier]
     num_exits: int
     full_file: str = FULL_FILE
     full_flops: int = 0  # FLOPs of the plain network to the final exit (cloud-only baseline)
     tflite: dict[str, str] = Field(default_factory=dict)  # e.g. {"float": "edge.float.tflite", "int8": ...}
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    def tier(self, name: str) -> TierSpec:
+    def tier(self, name: str) -> ManifestTier:
         for t in self.tiers:
             if t.name == name:
                 return t
@@ -120,7 +122,7 @@ def save_bundle(
         file = f"{part.name}.keras"
         part.model.save(out / file)
         ths = [None if (e == n_exits - 1 and i == len(parts) - 1) else thresholds[e] for e in part.exits]
-        tiers.append(TierSpec(name=part.name, exits=part.exits, file=file, input_shape=part.input_shape,
+        tiers.append(ManifestTier(name=part.name, exits=part.exits, file=file, input_shape=part.input_shape,
                               output_shape=part.output_shape,
                               thresholds=[None if t is None else float(t) for t in ths], flops=part.flops))
     model.save(out / FULL_FILE)

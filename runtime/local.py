@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from ml.contract import TIERS
 from runtime.localhost import free_port, http_status
 from runtime.settings import Settings, settings_env
 
-TIERS_3 = ("edge", "fog", "cloud")
-CLOUD_ONLY = ("full",)
+TIERS_3 = TIERS  # edge, fog, cloud
 
 
 class WorkerProcessError(RuntimeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml.contract import model_name
 from runtime.settings import Settings
 
 
@@ -31,8 +32,6 @@ class MlflowRegistryHook:
 
     def uris(self, ref: str) -> dict[str, str]:
         """{tier: "models:/APP-tier/<version>"}: pinned URIs for the tier workers of a release."""
-        from ml.registry import model_name
-
         return {t: f"models:/{model_name(self.settings.app, t)}/{v}" for t, v in self.release_versions(ref).items()}
 
     def set_alias(self, ref: str, alias: str) -> dict[str, str]:

@@ -14,22 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from plugins.rollout.base import Release, RolloutBackend, TierSpec
+from plugins.rollout.base import Release, RolloutBackend, TierWorkerSpec
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, RolloutOutcome, rollout
 
 CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different from the gate's subset
 
 
-def registered_model_name(app: str, tier: str) -> str:
-    return f"{app}-{tier}"
-
-
 def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
                  http_port: int = 9100, replicas: int = 1) -> Release:
-    """One TierSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
+    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
     port = 0 if backend == "local" else http_port
     return Release(app, str(release), tuple(
-        TierSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
+        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
 
 
 def make_backend(kind: str, settings: Any) -> RolloutBackend:

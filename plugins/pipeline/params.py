@@ -12,11 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ml.contract import TIERS
+
 ARCHITECTURES = ("compact", "b_alexnet", "vgg")
 BACKENDS = ("local", "kubernetes")
 CONFIDENCE = ("max_softmax", "entropy")
 OBJECTIVES = ("early", "cost")
-KNOWN_TIERS = ("edge", "fog", "cloud")
 
 
 class ParamError(ValueError):
@@ -131,11 +132,11 @@ def validate(conf: dict[str, Any]) -> PipelineConfig:
     try:
         tier_map = (_parse_tier_map(tm) if isinstance(tm, str)
                     else {str(k): (list(e) if isinstance(e, list | tuple) else [e]) for k, e in dict(tm).items()})
-        bad = [t for t in tier_map if t not in KNOWN_TIERS]
+        bad = [t for t in tier_map if t not in TIERS]
         if bad:
-            problems.append(f"tier_map={tm!r}: unknown tier(s) {bad}; tiers are {list(KNOWN_TIERS)}, "
+            problems.append(f"tier_map={tm!r}: unknown tier(s) {bad}; tiers are {list(TIERS)}, "
                             "e.g. 'edge=0;fog=1;cloud=2'")
-        order = [t for t in KNOWN_TIERS if t in tier_map]
+        order = [t for t in TIERS if t in tier_map]
         if list(tier_map) != order:
             problems.append(f"tier_map={tm!r}: list tiers from edge to cloud, e.g. 'edge=0;fog=1;cloud=2'")
         flat = [e for ex in tier_map.values() for e in ex]

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierSpec
+from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.localhost import http_status, log_tail
 
 SUPERVISOR_MODULE = "plugins.rollout.local"
@@ -125,7 +125,7 @@ class LocalProcessBackend(RolloutBackend):
         return out
 
     # -- RolloutBackend ------------------------------------------------------------------------
-    def start_tier(self, release: Release, spec: TierSpec) -> None:
+    def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
         existing = self.workers(release.app, release.version, spec.tier)
         vdir = self.app_dir(release.app) / f"v{release.version}"
         logs = self.app_dir(release.app) / "logs"
@@ -162,7 +162,7 @@ class LocalProcessBackend(RolloutBackend):
                     raise RolloutError(f"supervisor of v{release.version} {spec.tier} did not start; log {log}")
                 time.sleep(0.05)
 
-    def wait_ready(self, release: Release, spec: TierSpec, timeout_s: float) -> None:
+    def wait_ready(self, release: Release, spec: TierWorkerSpec, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             states = [_read_json(f) for f in self._state_files(release.app, release.version, spec.tier)]

@@ -34,7 +34,7 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
 
     from ml.registry import champion_metrics, release_versions
     from plugins.pipeline.deploy import canary_samples, run_canary
-    from plugins.rollout.base import Release, TierSpec
+    from plugins.rollout.base import Release, TierWorkerSpec
     from plugins.rollout.local import LocalProcessBackend
 
     settings = pipeline_settings
@@ -56,7 +56,7 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
     assert list(backend.running(settings.app)) == ["1"]
 
     x, y = canary_samples(30)
-    check = run_canary(settings, Release(settings.app, "1", (TierSpec("edge", ""),)), x, y, timeout_s=60)
+    check = run_canary(settings, Release(settings.app, "1", (TierWorkerSpec("edge", ""),)), x, y, timeout_s=60)
     assert check.answered == 30 and check.new_version_answers == 30
     assert check.answers_by_version == {"1": 30}
     assert np.isfinite(check.p95_latency_ms)
