@@ -85,8 +85,9 @@ def serve_local(
     import signal
     import threading
 
+    from ml.contract import CLOUD_ONLY, TIERS
     from runtime.broker import EmbeddedBroker, port_open
-    from runtime.local import CLOUD_ONLY, TIERS_3, LocalDeployment, WorkerProcessError
+    from runtime.local import LocalDeployment, WorkerProcessError
     from runtime.settings import get_settings
 
     settings = get_settings()
@@ -100,7 +101,7 @@ def serve_local(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     deployment = LocalDeployment(settings, model_uri, settings.home / "logs",
-                                 tiers=CLOUD_ONLY if cloud_only else TIERS_3)
+                                 tiers=CLOUD_ONLY if cloud_only else TIERS)
     try:
         deployment.start()
         for tier, w in deployment.workers.items():
