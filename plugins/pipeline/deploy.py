@@ -92,8 +92,11 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
     if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
+    from plugins.hooks.kafka import KafkaClusterHook
     from plugins.hooks.mlflow import MlflowRegistryHook
 
+    # Workers and the canary use the Kafka cluster of Airflow Connection `tierflow_kafka`, else the settings'.
+    settings = KafkaClusterHook(settings=settings).client_settings()
     backend = backend or make_backend(cfg["backend"], settings)
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
                            backend=cfg["backend"], http_port=settings.worker.http_port)
@@ -108,5 +111,5 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(
         backend, release, canary=canary, policy=policy,
-        promote=promote or (lambda v: log(f"champion -> release {v}: {MlflowRegistryHook(settings).promote(v)}")),
+        promote=promote or (lambda v: log(f"champion -> release {v}: {MlflowRegistryHook(settings=settings).promote(v)}")),
         drain=lambda v, t: time.sleep(drain_s), log=log)
