@@ -60,3 +60,14 @@ def test_test_connection_reports_an_unreachable_server(settings):
         update={"tracking_uri": "http://127.0.0.1:9"})})
     ok, message = MlflowRegistryHook(settings=settings).test_connection()
     assert not ok and "127.0.0.1:9" in message
+
+
+def test_airflow_plugin_loader_imports_no_tierflow_module():
+    """Airflow's plugin loader would register plugins/hooks/mlflow.py as sys.modules["mlflow"] (and kafka.py
+    as "kafka"): plugins/.airflowignore keeps it out; the code is imported as the `plugins` package."""
+    from pathlib import Path
+
+    from airflow._shared.module_loading.file_discovery import find_path_from_directory
+
+    folder = Path(__file__).resolve().parents[3] / "plugins"
+    assert list(find_path_from_directory(str(folder), ".airflowignore", "glob")) == []
