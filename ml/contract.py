@@ -30,3 +30,14 @@ def topic(app: str, kind: str) -> str:
 def link_topic(app: str, version: str | int, src: str, dst: str) -> str:
     """Activations from tier ``src`` to tier ``dst`` of one model version."""
     return f"{app}.v{version}.{src}-{dst}"
+
+
+def entry_group(app: str) -> str:
+    """Consumer group of the first tier on ``APP.requests``: shared by every version (and by ``full``),
+    so a rollout hands requests over without replay or gaps."""
+    return f"{app}.{TIERS[0]}"
+
+
+def link_group(app: str, version: str | int, tier: str) -> str:
+    """Consumer group of a downstream tier of one model version on its link topic."""
+    return f"{app}.v{version}.{tier}"
