@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ml.contract import FULL, entry_group, link_group
 from runtime.settings import Settings
-
-FULL = "full"  # the unpartitioned model, served alone (cloud-only)
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Route:
 def plan_route(settings: Settings, tier: str, version: str, tier_names: list[str]) -> Route:
     if tier == FULL:
         return Route(tier, version, True, 0, 1, None, None, settings.topic("requests"), None,
-                     f"{settings.app}.edge")
+                     entry_group(settings.app))
     if tier not in tier_names:
         raise ValueError(f"tier {tier!r} is not in the bundle's tiers {tier_names} (or {FULL!r})")
     i = tier_names.index(tier)
@@ -41,5 +40,5 @@ def plan_route(settings: Settings, tier: str, version: str, tier_names: list[str
     next_tier = tier_names[i + 1] if i + 1 < len(tier_names) else None
     in_topic = settings.topic("requests") if i == 0 else settings.link_topic(version, prev_tier, tier)
     out_topic = settings.link_topic(version, tier, next_tier) if next_tier else None
-    group = f"{settings.app}.edge" if i == 0 else f"{settings.app}.v{version}.{tier}"
+    group = entry_group(settings.app) if i == 0 else link_group(settings.app, version, tier)
     return Route(tier, version, i == 0, i, len(tier_names), prev_tier, next_tier, in_topic, out_topic, group)

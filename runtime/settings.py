@@ -16,10 +16,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml import contract
+
 ENV_PREFIX = "TIERFLOW_"
 
 
-def _default_home() -> Path:
+def default_home() -> Path:
+    """$TIERFLOW_HOME, else ./.tierflow: where the stack, workers, logs and model cache live."""
     return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.cwd() / ".tierflow")).resolve()
 
 
@@ -175,12 +178,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        env_file=str(_default_home() / "stack.env"),
+        env_file=str(default_home() / "stack.env"),
         extra="ignore",
     )
 
     app: str = "fmnist"
-    home: Path = Field(default_factory=_default_home)
+    home: Path = Field(default_factory=default_home)
     # Python interpreter of the ML environment, used by Airflow's external-python tasks.
     ml_python: str | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -194,10 +197,10 @@ class Settings(BaseSettings):
 
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
-        return f"{self.app}.{kind}"
+        return contract.topic(self.app, kind)
 
     def link_topic(self, version: str | int, src: str, dst: str) -> str:
-        return f"{self.app}.v{version}.{src}-{dst}"
+        return contract.link_topic(self.app, version, src, dst)
 
 
 @lru_cache

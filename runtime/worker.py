@@ -561,5 +561,5 @@ def serve(settings: Settings, tier: str, model_uri: str, http_port: int | None =
     """Load the tier and run its worker until SIGTERM (the `tierflow worker` command)."""
     from ml.bundle import load_tier
 
-    model = load_tier(model_uri, tier)
+    model = load_tier(model_uri, tier, tracking_uri=settings.mlflow.tracking_uri, cache_dir=settings.home / "models")
     TierWorker(settings, model, http_port=http_port).run()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.route import FULL, plan_route
+from ml.contract import FULL
+from runtime.route import plan_route
 from runtime.settings import Settings
 
 TIERS = ["edge", "fog", "cloud"]
