@@ -1,8 +1,9 @@
-"""Device client and load simulator: send requests, collect one answer per request id, report.
+"""Device client and load simulator: send requests, collect the answer per request id, report.
 
-The client is the de-duplication point of the at-least-once data plane: the first answer for a request
-id wins, later ones (a re-processed batch, a degraded answer that raced the real one) are counted as
-duplicates and dropped.
+The tiers publish exactly one answer per request (README "Who answers"); the client keeps the first and
+counts any other. The simulator's report does not trust that view: after the run it waits until
+APP.results is quiet for several deadlines and counts every answer there (`runtime.audit`), so a late
+second or conflicting answer shows up in ``duplicates`` and ``conflicting``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runtime import codec
+from runtime.audit import audit_results
 from runtime.kafka import consumer_config, ensure_topics, producer_config
 from runtime.settings import Settings
 
@@ -181,6 +183,7 @@ class SimReport:
     wall_s: float
     request_bytes: int
     rows: list[dict[str, Any]] = field(default_factory=list)  # per request: id, index, truth, answer
+    conflicting: int = 0  # ids answered more than once with different labels (counted on APP.results)
 
     @property
     def missing(self) -> int:
@@ -199,7 +202,7 @@ class SimReport:
 
     def summary(self) -> dict[str, Any]:
         return {"sent": self.sent, "answered": self.answered, "missing": self.missing,
-                "duplicates": self.duplicates, "accuracy": round(self.accuracy, 4), "per_tier": self.per_tier,
+                "duplicates": self.duplicates, "conflicting": self.conflicting, "accuracy": round(self.accuracy, 4), "per_tier": self.per_tier,
                 "degraded": self.degraded, "p50_ms": round(self.percentile(50), 2),
                 "p95_ms": round(self.percentile(95), 2), "p99_ms": round(self.percentile(99), 2),
                 "throughput_rps": round(self.throughput, 1), "wall_s": round(self.wall_s, 2),
@@ -209,8 +212,11 @@ class SimReport:
 def simulate(settings: Settings, x: np.ndarray, y: np.ndarray | None, *, rate: float | None = None,
              concurrency: int | None = None, deadline_ms: int | None = None, content_type: str = codec.TENSOR,
              timeout_s: float = 120.0, entry_tier: str = "edge", progress: bool = True,
-             run_id: str | None = None) -> SimReport:
-    """Stream ``x`` as requests: open loop at ``rate`` req/s, or closed loop with ``concurrency`` in flight."""
+             run_id: str | None = None, quiet_s: float | None = None) -> SimReport:
+    """Stream ``x`` as requests: open loop at ``rate`` req/s, or closed loop with ``concurrency`` in flight.
+
+    Afterwards APP.results is read until it has been quiet for ``quiet_s`` (default: twice the deadline plus
+    the degrade graces) and every answer to the run's ids is counted there."""
     if (rate is None) == (concurrency is None):
         raise ValueError("give exactly one of rate (open loop, requests/s) or concurrency (closed loop)")
     if rate is not None and rate <= 0 or concurrency is not None and concurrency <= 0:
@@ -254,10 +260,13 @@ def simulate(settings: Settings, x: np.ndarray, y: np.ndarray | None, *, rate: f
                 degraded += bool(r["degraded"])
                 correct += y is not None and int(r["label"]) == int(y[i])
             rows.append(row)
-        return SimReport(sent=len(ids), answered=len(client.answers), duplicates=sum(client.duplicates.values()),
-                         correct=int(correct), per_tier=dict(per_tier), degraded=degraded,
-                         latency_ms=latencies, wall_s=max(last - first, 0.0) / 1000,
-                         request_bytes=client.request_bytes, rows=rows)
+    deadline = client.deadline_ms
+    quiet = quiet_s if quiet_s is not None else 2 * (deadline + 3 * settings.worker.degrade_grace_ms) / 1000
+    audit = audit_results(settings, ids, quiet_s=quiet)
+    return SimReport(sent=len(ids), answered=len(client.answers), duplicates=audit.extra_answers,
+                     correct=int(correct), per_tier=dict(per_tier), degraded=degraded,
+                     latency_ms=latencies, wall_s=max(last - first, 0.0) / 1000,
+                     request_bytes=client.request_bytes, rows=rows, conflicting=len(audit.conflicting_ids))
 
 
 def save_plots(report: SimReport, out_dir: Path, title: str = "") -> list[Path]:

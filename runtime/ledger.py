@@ -10,9 +10,12 @@ the answer memory (`runtime.ownership.AnswerMemory`).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("tierflow.worker")
 
 
 @dataclass
@@ -72,6 +75,18 @@ class CommitLedger:
             for key, off in batch.offsets.items():
                 offsets[key] = max(offsets.get(key, 0), off)
         return offsets
+
+    def commit(self, consumer: Any, final: bool = False) -> None:
+        """Commit the done prefix on ``consumer`` (synchronously if ``final``)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = self.take_done()
+        if not offsets or consumer is None:
+            return
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=not final)
+        except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads them
+            log.warning("commit failed", extra={"error": str(exc)})
 
     def unacknowledged(self) -> int:
         """Batches with outputs still unpublished or unacknowledged (the bound on in-flight work)."""

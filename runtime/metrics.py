@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,6 +68,27 @@ class WorkerMetrics:
 
     def sent(self, topic: str, n_bytes: int) -> None:
         self._child(self.bytes_out, topic=topic).inc(n_bytes)
+
+    def count(self, outcomes: Counter_[str | tuple[str, int]]) -> None:
+        """The outcomes of one micro-batch (`runtime.outputs.Outputs.act`), counted once per batch."""
+        for outcome, n in outcomes.items():
+            if isinstance(outcome, tuple):  # an answer: ("exit" | "degraded", exit id)
+                self.record("answered", n)
+                self.exit(outcome[1], n)
+                if outcome[0] == "degraded":
+                    self.degraded.inc(n)
+            else:
+                self.record(outcome, n)
+
+    def observe_lag(self, stats_json: str) -> None:
+        """librdkafka statistics callback: consumer lag summed over the assigned partitions (-1 = unknown)."""
+        import json
+
+        lags = [p.get("consumer_lag", -1) for t in json.loads(stats_json).get("topics", {}).values()
+                for pid, p in t.get("partitions", {}).items() if pid != "-1"]
+        known = [lag for lag in lags if lag >= 0]
+        if known:
+            self.lag.set(sum(known))
 
     def dead_letter(self, reason: str) -> None:
         self._child(self.records, outcome="dlq").inc()

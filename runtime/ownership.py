@@ -137,6 +137,17 @@ class Pending:
     batch: Any  # the ledger batch whose offsets wait for this request to be resolved
 
 
+def known_entry(request_id: str, memory: AnswerMemory, pending: PendingForwards,
+                in_progress: dict[str, str]) -> str | None:
+    """Where an already known request entered ("" if unknown): answered, forwarded or being served here;
+    None if the request is new to this tier."""
+    known = memory.entry_of(request_id)
+    if known is None:
+        p = pending.get(request_id)
+        known = p.entry if p is not None else in_progress.get(request_id)
+    return known
+
+
 class PendingForwards:
     """Forwarded requests by id, and their window closes in time order."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ml.contract import FULL, entry_group, link_group
+from runtime.kafka import ensure_topics
 from runtime.settings import Settings
 
 
@@ -42,3 +43,12 @@ def plan_route(settings: Settings, tier: str, version: str, tier_names: list[str
     out_topic = settings.link_topic(version, tier, next_tier) if next_tier else None
     group = entry_group(settings.app) if i == 0 else link_group(settings.app, version, tier)
     return Route(tier, version, i == 0, i, len(tier_names), prev_tier, next_tier, in_topic, out_topic, group)
+
+
+def ensure_route_topics(settings: Settings, route: Route) -> None:
+    """Create what a tier reads and writes where it is missing: its input, results and DLQ, its output."""
+    k = settings.kafka
+    ensure_topics(settings, [route.in_topic], bootstrap=k.for_tier(route.tier))
+    ensure_topics(settings, [settings.topic("results"), settings.topic("dlq")], bootstrap=k.bootstrap)
+    if route.out_topic:
+        ensure_topics(settings, [route.out_topic], bootstrap=k.for_tier(route.next_tier))

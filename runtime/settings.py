@@ -71,6 +71,9 @@ class WorkerSettings(BaseModel):
     # Answers remembered (read back from APP.results on start) so that a replayed record is not answered
     # twice: must exceed the longest outage of a tier plus max_deadline_ms.
     answer_memory_s: int = 600
+    # On SIGTERM or a rebalance a worker waits this long at most for answers to what it forwarded (keep
+    # it below the pod's termination grace); what is still open is replayed, harmlessly, by the next owner.
+    drain_timeout_s: float = 20.0
     # Fault injection: shift this worker's clock by this many ms (tests of clock skew across sites).
     clock_skew_ms: int = 0
     # How often the consumer lag gauge is refreshed from librdkafka statistics (0 = off).

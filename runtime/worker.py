@@ -1,13 +1,9 @@
 """The tier worker: consume a micro-batch, run the tier's sub-model once, answer or forward, then commit.
 
-One process serves one tier of one model version (`runtime.route`). Who may answer a request, and until
-when, is `runtime.ownership`; which offsets may be committed is `runtime.ledger`; what a record must look
-like is `runtime.validation`; dead letters are `runtime.deadletter`. The loop in `TierWorker.run` reads top
-to bottom: fetch, stage (validate, start inference), publish (answer, forward or drop, in consumption
-order), watch answers, answer overdue forwards degraded, commit.
-
-Inference overlaps Kafka I/O: the sub-model runs micro-batch k on an inference thread (TensorFlow releases
-the GIL) while the main thread publishes the outputs of batch k-1 and decodes batch k+1.
+One process serves one tier of one model version (`runtime.route`). The loop in `TierWorker.run` reads top to
+bottom; who may answer and until when is `runtime.ownership`, what may be committed `runtime.ledger`, what a
+record must look like `runtime.validation`, what is produced `runtime.outputs`. The sub-model runs batch k on
+`runtime.inference`'s thread while the main thread publishes batch k-1 and decodes batch k+1.
 """
 
 from __future__ import annotations
@@ -16,21 +12,20 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from runtime import codec, deadletter
+from runtime.answers import AnswerWatch
 from runtime.health import HealthServer
-from runtime.kafka import consumer_config, ensure_topics, producer_config
-from runtime.ledger import Batch, BrokerRejected, CommitLedger
-from runtime.metrics import WorkerMetrics, observe_many
-from runtime.ownership import Action, AnswerMemory, Pending, PendingForwards, TierClock, decide, window_close
-from runtime.route import plan_route
+from runtime.inference import InferenceThread, Staged
+from runtime.kafka import consumer_config
+from runtime.ledger import BrokerRejected, CommitLedger
+from runtime.metrics import WorkerMetrics
+from runtime.outputs import Outputs
+from runtime.ownership import AnswerMemory, PendingForwards, TierClock, decide, known_entry, window_close
+from runtime.route import ensure_route_topics, plan_route
 from runtime.settings import Settings
 from runtime.validation import Limits, RecordReader, Rejected, Request
 
@@ -42,38 +37,6 @@ PIPELINE_DEPTH = 1  # micro-batches inferring while the main thread decodes the 
 
 class WorkerError(RuntimeError):
     """The worker cannot go on safely (e.g. the broker rejected a result); it exits without committing."""
-
-
-@dataclass
-class Inference:
-    """What the inference thread returns for a micro-batch: per-row decisions as Python lists."""
-
-    labels: list[int]
-    confidences: list[float]
-    exits: list[int]
-    confident: list[bool]
-    forwards: list[bytes]  # encoded activations of the rows no exit answered, in row order
-    seconds: float
-
-
-@dataclass
-class Staged:
-    """A micro-batch whose inference runs (or ran) on the inference thread, not yet published."""
-
-    batch: Batch
-    requests: list[Request]
-    received: int
-    inference: Future | None
-
-
-@dataclass(frozen=True)
-class _Topic:
-    """Stands in for a message in a delivery report of an output that was never produced."""
-
-    name: str
-
-    def topic(self) -> str:
-        return self.name
 
 
 class TierWorker:
@@ -95,33 +58,26 @@ class TierWorker:
                                    input_dtype=model.input_dtype, app=settings.app,
                                    limits=Limits(self.ws.max_record_bytes, self.ws.default_deadline_ms,
                                                  self.ws.max_deadline_ms))
-        self.answers = codec.AnswerEncoder(self.tier, version, model.model_name, getattr(model, "class_name", str))
-        self.forward_headers = codec.ForwardHeaders(self.tier, version, model.model_name)
+        self.outputs = Outputs(settings, self.route, model, self.metrics, self.clock, self.memory, self.pending)
+        self.answers = AnswerWatch(settings, self.tier, version, self.memory, self.pending, self.clock, self.metrics)
         self.consumed = 0  # input records done with (answered, forwarded, dropped or dead-lettered)
         self._stop = threading.Event()
-        self._assigned = self._recalled = False
+        self._assigned = False
         self._heartbeat = time.monotonic()
         self._in_progress: dict[str, str] = {}  # request id -> entry, staged and not yet published
         self._staged: deque[Staged] = deque()
-        self._executor: ThreadPoolExecutor | None = None
-        self._bytes_out: Counter[str] = Counter()
-        self._producers: dict[str, Any] = {}
+        self.inference = InferenceThread(model, is_last=self.route.out_topic is None, name=self.tier,
+                                         activation_dtype=self.ws.activation_dtype)
         self._consumer: Any = None
-        self._watcher: Any = None
         self._http: HealthServer | None = None
         self._http_port = self.ws.http_port if http_port is None else http_port
         self._http_host = http_host or self.ws.http_host
-        self._results_topic, self._dlq_topic = settings.topic("results"), settings.topic("dlq")
-        self._bootstrap = settings.kafka.bootstrap
-        self._next_bootstrap = settings.kafka.for_tier(self.route.next_tier or self.tier)
-        self._tier_latency_ms: list[int] = []  # of answers since the last commit, observed there at once
-        self._e2e_latency_ms: list[int] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._assigned and self._recalled and not self._stop.is_set()
+        return self._assigned and self.answers.recalled and not self._stop.is_set()
 
     @property
     def http_port(self) -> int | None:
@@ -146,8 +102,8 @@ class TierWorker:
                     self._stage(records)  # validate and decode; inference starts on its thread
                 self._publish_staged(wait=not records)  # answer, forward or drop, in consumption order
                 self._bound_unacknowledged()
-                self._watch_answers()  # answers of upper tiers resolve this tier's forwards
-                self._answer_overdue()  # forwards whose window closed unanswered: answered degraded
+                self.answers.poll()  # answers of upper tiers resolve this tier's forwards
+                self.outputs.answer_overdue(self.answers.poll)  # forwards unanswered at their close: degraded
                 self._commit()  # offsets of the acknowledged, resolved prefix of batches
         finally:
             self.close()
@@ -159,23 +115,17 @@ class TierWorker:
         alive = lambda: time.monotonic() - self._heartbeat < 60  # noqa: E731 - the main loop turns
         self._http = HealthServer(self._http_host, self._http_port, self.metrics.registry,
                                   ready=lambda: self.ready, alive=alive).start()
-        for topics, bootstrap in (([r.in_topic], k.for_tier(self.tier)), ([self._results_topic, self._dlq_topic],
-                                  self._bootstrap), ([r.out_topic] if r.out_topic else [], self._next_bootstrap)):
-            try:
-                ensure_topics(self.settings, topics, bootstrap=bootstrap)
-            except Exception as exc:  # KafkaException, timeouts: say where and what to check
-                raise WorkerError(f"cannot create/check topics {topics} on the Kafka cluster at {bootstrap}: "
-                                  f"{exc}; check TIERFLOW_KAFKA__BOOTSTRAP / TIERFLOW_KAFKA__TIER_BOOTSTRAP") from exc
-        # Connect producers (an idempotent producer needs a producer id before its first send) and trace the
-        # inference function before joining the group, so no batch waits for them.
-        for bootstrap in {self._bootstrap, self._next_bootstrap}:
-            self._producer(bootstrap).list_topics(timeout=10)
-        self.model.predict(np.zeros((1, *self.model.input_shape), dtype=self.model.input_dtype))
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.tier}")
-        group = f"{self.settings.app}.v{self.version}.{self.tier}.watch.{uuid.uuid4().hex[:12]}"
-        self._watcher = Consumer(consumer_config(self.settings, group))
-        self._recall_answers()
-        stats = {"statistics.interval.ms": self.ws.lag_interval_ms, "stats_cb": self._on_stats} \
+        try:
+            ensure_route_topics(self.settings, r)
+        except Exception as exc:  # KafkaException, timeouts: say where and what to check
+            raise WorkerError(f"cannot create/check the topics of the {self.tier} worker: {exc}; check "
+                              "TIERFLOW_KAFKA__BOOTSTRAP / TIERFLOW_KAFKA__TIER_BOOTSTRAP") from exc
+        # Connect the producers and trace the inference function before joining the group, so no batch waits for
+        # them; recall the answers before consuming anything.
+        self.outputs.connect()
+        self.inference.warm_up()
+        self.answers.start()
+        stats = {"statistics.interval.ms": self.ws.lag_interval_ms, "stats_cb": self.metrics.observe_lag} \
             if self.ws.lag_interval_ms else {}
         self._consumer = Consumer(consumer_config(self.settings, r.group_id, bootstrap=k.for_tier(self.tier),
                                                   **{"client.id": f"{self.tier}-{self.version}"}, **stats))
@@ -185,13 +135,11 @@ class TierWorker:
 
     def close(self) -> None:
         self._drain()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        for c in (self._consumer, self._watcher):
-            if c is not None:
-                c.close()
-        self._consumer = self._watcher = None
+        self.inference.shutdown()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self.answers.close()
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -203,13 +151,13 @@ class TierWorker:
         try:
             self._publish_staged(wait=True)
             last = self.pending.last_close()
-            give_up = time.monotonic() + max(0, (last or 0) - self.clock.now()) / 1000 + 10
-            while len(self.pending) and self._watcher is not None and time.monotonic() < give_up:
-                self._watch_answers()
-                self._answer_overdue()
-                self._serve_deliveries(0.01)
-            for p in self._producers.values():
-                p.flush(30)
+            give_up = time.monotonic() + min(max(0, (last or 0) - self.clock.now()) / 1000 + 1,
+                                             self.ws.drain_timeout_s)
+            while len(self.pending) and self.answers.recalled and time.monotonic() < give_up:
+                self.answers.poll()
+                self.outputs.answer_overdue(self.answers.poll)
+                self.outputs.serve_deliveries(0.01)
+            self.outputs.flush(30)
             self._commit(final=True)
         except WorkerError as exc:
             log.error("not committing unacknowledged outputs", extra={"tier": self.tier, "error": str(exc)})
@@ -223,16 +171,6 @@ class TierWorker:
     def _on_revoke(self, consumer: Any, partitions: list) -> None:
         self._drain()
         log.info("partitions revoked", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
-
-    def _on_stats(self, stats_json: str) -> None:
-        """Consumer lag summed over the assigned partitions (librdkafka reports -1 where unknown)."""
-        import json
-
-        lags = [p.get("consumer_lag", -1) for t in json.loads(stats_json).get("topics", {}).values()
-                for pid, p in t.get("partitions", {}).items() if pid != "-1"]
-        known = [lag for lag in lags if lag >= 0]
-        if known:
-            self.metrics.lag.set(sum(known))
 
     # ---- the batch ----------------------------------------------------------------------------------
 
@@ -262,12 +200,12 @@ class TierWorker:
             try:
                 req = self.reader.read(m, received)
             except Rejected as rej:
-                self._dead_letter(batch, m, rej)
+                self.outputs.dead_letter(batch, m, rej)
                 continue
-            known = self._known_entry(req.request_id)
+            known = known_entry(req.request_id, self.memory, self.pending, self._in_progress)
             if known is not None:
                 if r.is_entry and known not in ("", req.entry):
-                    self._dead_letter(batch, m, Rejected("duplicate_id", f"request id {req.request_id!r} was "
+                    self.outputs.dead_letter(batch, m, Rejected("duplicate_id", f"request id {req.request_id!r} was "
                                                          f"already answered (request at {known}); ids must be unique"))
                 else:  # a replay after a restart or a rebalance, or a duplicated forward: answered already
                     replayed += 1
@@ -279,28 +217,8 @@ class TierWorker:
             requests.append(req)
         self.metrics.record("replayed", replayed)
         self.metrics.record("expired", expired)
-        inference = self._executor.submit(self._infer, np.stack([q.sample for q in requests])) if requests else None
+        inference = self.inference.submit(np.stack([q.sample for q in requests])) if requests else None
         self._staged.append(Staged(batch, requests, received, inference))
-
-    def _known_entry(self, request_id: str) -> str | None:
-        """Where a request id already known here entered ("" if unknown), None if it is new."""
-        known = self.memory.entry_of(request_id)
-        if known is None:
-            p = self.pending.get(request_id)
-            known = p.entry if p is not None else self._in_progress.get(request_id)
-        return known
-
-    def _infer(self, samples: np.ndarray) -> Inference:
-        """Runs on the inference thread: one predict, the shared cascade decision, the forwards encoded."""
-        t0 = time.perf_counter()
-        probs, activation = self.model.predict(samples)
-        decision = self.model.decide(probs)
-        confident = decision.answered | (self.route.out_topic is None)
-        forwards = [] if confident.all() else codec.encode_tensors(activation[~confident],
-                                                                  dtype=self.ws.activation_dtype)
-        # Per-batch conversions: numpy scalar indexing per record costs more than one tolist().
-        return Inference(decision.label.tolist(), decision.confidence.tolist(), decision.exit_id.tolist(),
-                         confident.tolist(), forwards, time.perf_counter() - t0)
 
     def _publish_staged(self, wait: bool) -> None:
         """Publish staged batches in order: those whose inference is done, all of them if ``wait``, and
@@ -319,40 +237,22 @@ class TierWorker:
             inf = staged.inference.result() if staged.inference is not None else None
         except Exception as exc:  # the model failed on this batch: its records are dead letters, not a crash
             log.exception("inference failed", extra={"tier": self.tier})
+            inf, failed = None, Rejected("inference", f"inference failed: {exc}")
             for req in staged.requests:
-                self._dead_letter(batch, req.record, Rejected("inference", f"inference failed: {exc}"))
-            inf = None
+                self.outputs.dead_letter(batch, req.record, failed)
         if inf is not None:
             self.metrics.batch_size.observe(len(staged.requests))
             self.metrics.predict_seconds.observe(inf.seconds)
-            now, grace = self.clock.now(), self.ws.degrade_grace_ms
-            forwards = iter(inf.forwards)
-            outcomes: Counter[str] = Counter()
-            exits: Counter[int] = Counter()
+            now, forwards, outcomes = self.clock.now(), iter(inf.forwards), Counter()
             for i, req in enumerate(staged.requests):
                 activation = None if inf.confident[i] else next(forwards)
-                action = decide(now, req.deadline, r.index, r.n_tiers, grace, inf.confident[i])
+                action = decide(now, req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms, inf.confident[i])
                 try:
-                    if action is Action.FORWARD:
-                        self._forward(batch, req, activation, inf.labels[i], inf.confidences[i], inf.exits[i],
-                                      staged.received)
-                        outcomes["forwarded"] += 1
-                    elif action is Action.EXPIRE:
-                        outcomes["expired"] += 1
-                    else:
-                        self._answer(batch, req.request_id, req.entry, inf.labels[i], inf.confidences[i],
-                                     inf.exits[i], req.origin_ts, req.reply_to, staged.received,
-                                     degraded=action is Action.DEGRADE)
-                        outcomes["answered"] += 1
-                        exits[inf.exits[i]] += 1
-                        if action is Action.DEGRADE:
-                            self.metrics.degraded.inc()
+                    outcomes[self.outputs.act(action, batch, req, activation, inf.labels[i], inf.confidences[i],
+                                              inf.exits[i], staged.received)] += 1
                 except Exception as exc:  # e.g. the producer refused the output: the record is a dead letter
-                    self._dead_letter(batch, req.record, Rejected("produce", f"output not produced: {exc}"))
-            for outcome, n in outcomes.items():
-                self.metrics.record(outcome, n)
-            for exit_id, n in exits.items():
-                self.metrics.exit(exit_id, n)
+                    self.outputs.dead_letter(batch, req.record, Rejected("produce", f"output not produced: {exc}"))
+            self.metrics.count(outcomes)
             self.metrics.pending.set(len(self.pending))
         for req in staged.requests:
             self._in_progress.pop(req.request_id, None)
@@ -371,190 +271,17 @@ class TierWorker:
         while not oldest.acknowledged:
             if time.monotonic() > give_up:
                 raise WorkerError(f"{oldest.outstanding} records not acknowledged within {timeout_s:g} s")
-            self._serve_deliveries(0.01)
-
-    # ---- outputs ------------------------------------------------------------------------------------
-
-    def _producer(self, bootstrap: str) -> Any:
-        if bootstrap not in self._producers:
-            from confluent_kafka import Producer
-
-            self._producers[bootstrap] = Producer(producer_config(self.settings, bootstrap,
-                                                                  **{"client.id": f"{self.tier}-{self.version}"}))
-        return self._producers[bootstrap]
-
-    def _serve_deliveries(self, timeout_s: float = 0) -> None:
-        for p in self._producers.values():
-            p.poll(timeout_s / len(self._producers))  # returns as soon as it has served a report
-
-    def _send(self, batch: Batch | None, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
-              headers: list[tuple[str, bytes]], header_bytes: int, timestamp: int = 0) -> None:
-        """Produce one output: of ``batch`` (its commit waits for the acknowledgement), or best effort."""
-        producer = self._producer(bootstrap)
-        self._bytes_out[topic] += len(value or b"") + len(key or b"") + header_bytes
-        on_delivery = batch.delivered if batch is not None else self._reply_delivered
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
-                                 timestamp=timestamp)
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.1)
-        if batch is not None:
-            batch.outstanding += 1
-
-    def _reply_delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:  # the answer is on APP.results; a client's reply-to topic may not exist
-            self.metrics.record("reply_to_failed")
-            log.warning("answer not delivered to tf-reply-to", extra={"tier": self.tier, "topic": msg.topic(),
-                                                                       "error": str(err)})
-
-    def _answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
-                origin: int | None, reply_to: str | None, received: int, degraded: bool = False) -> None:
-        now = self.clock.now()
-        tier_latency, latency = now - received, (now - origin) if origin is not None else None
-        body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
-        rid_b = rid.encode()
-        headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        self._send(batch, self._bootstrap, self._results_topic, rid_b, body, headers, header_bytes)
-        self.memory.add(rid, entry)
-        if reply_to and reply_to != self._results_topic:
-            try:
-                self._send(None, self._bootstrap, reply_to, rid_b, body, headers, header_bytes)
-            except Exception as exc:  # the answer is on APP.results already
-                self._reply_delivered(exc, _Topic(reply_to))
-        self._tier_latency_ms.append(tier_latency)
-        if latency is not None:
-            self._e2e_latency_ms.append(max(latency, 0))
-
-    def _forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float,
-                 exit_id: int, received: int) -> None:
-        """Send the activation to the next tier, stamped with this tier's clock, and remember this tier's own
-        prediction for the fallback; the batch's offsets wait until the request is answered."""
-        r = self.route
-        headers, header_bytes = self.forward_headers.build(req.request_id.encode(), req.origin_ts, req.deadline,
-                                                           req.reply_to, req.entry.encode())
-        self._send(batch, self._next_bootstrap, r.out_topic, req.record.key(), activation, headers, header_bytes,
-                   timestamp=self.clock.now())
-        close_at = window_close(req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms)
-        self.pending.add(Pending(req.request_id, close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
-                                 received, req.entry, batch))
-        batch.unresolved += 1
-
-    def _dead_letter(self, batch: Batch, m: Any, rej: Rejected) -> None:
-        self.metrics.dead_letter(rej.kind)
-        log.warning("dead letter", extra={"tier": self.tier, "reason": rej.reason, "topic": m.topic(),
-                                          "partition": m.partition(), "offset": m.offset()})
-        dl = deadletter.build(m, rej.kind, rej.reason, self.tier, self.ws.dlq_max_bytes)
-        self._send(batch, self._bootstrap, self._dlq_topic, dl.key, dl.value, dl.headers,
-                   sum(len(k) + len(v) for k, v in dl.headers))
+            self.outputs.serve_deliveries(0.01)
 
     def _commit(self, final: bool = False) -> None:
         """Serve delivery reports, then commit the offsets of the done prefix of batches. A rejected output
         stops the worker without committing its batch, so its records are consumed again after a restart."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        if self._tier_latency_ms:
-            observe_many(self.metrics.tier_latency, np.asarray(self._tier_latency_ms) / 1000)
-            observe_many(self.metrics.e2e_latency, np.asarray(self._e2e_latency_ms) / 1000)
-            self._tier_latency_ms.clear()
-            self._e2e_latency_ms.clear()
-        self._serve_deliveries()
-        for topic, n in self._bytes_out.items():
-            self.metrics.sent(topic, n)
-        self._bytes_out.clear()
+        self.outputs.serve_deliveries()
+        self.outputs.report()
         try:
-            offsets = self.ledger.take_done()
+            self.ledger.commit(self._consumer, final)
         except BrokerRejected as exc:
             raise WorkerError(str(exc)) from None
-        if not offsets or self._consumer is None:
-            return
-        try:
-            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                  asynchronous=not final)
-        except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads them
-            log.warning("commit failed", extra={"tier": self.tier, "error": str(exc)})
-
-    # ---- answers seen on APP.results ----------------------------------------------------------------
-
-    def _recall_answers(self) -> None:
-        """Fill the answer memory from APP.results over the last ``worker.answer_memory_s`` before consuming
-        any input, so a record replayed after a crash or a rebalance is recognised as answered."""
-        from confluent_kafka import OFFSET_END, TopicPartition
-
-        topic, t0 = self._results_topic, time.monotonic()
-        parts = sorted(self._watcher.list_topics(topic, timeout=10).topics[topic].partitions)
-        since = self.clock.local() - self.ws.answer_memory_s * 1000
-        if self.ws.answer_memory_s > 0:
-            found = self._watcher.offsets_for_times([TopicPartition(topic, p, since) for p in parts], timeout=10)
-        else:
-            found = [TopicPartition(topic, p, OFFSET_END) for p in parts]
-        assignment = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-                      for tp in found]
-        self._watcher.assign(assignment)
-        while time.monotonic() - t0 < 120:
-            msgs = self._watcher.consume(1000, timeout=0.5)
-            self._note_answers(msgs)
-            # Caught up: a fetch came back empty with every partition's position known (or, on a topic with
-            # nothing to read, none became known within a few fetch rounds).
-            if not msgs and (time.monotonic() - t0 > 2 or all(
-                    tp.offset >= 0 for tp in self._watcher.position(assignment))):
-                break
-        self._recalled = True
-        self.metrics.answer_memory.set(len(self.memory))
-        log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
-                                            "seconds": round(time.monotonic() - t0, 2)})
-
-    def _note_answers(self, msgs: list) -> None:
-        for m in msgs:
-            if m.error():
-                continue
-            key = m.key()
-            rid = key.decode(errors="replace") if key else ""
-            entry = ""
-            for name, value in m.headers() or ():
-                if name == codec.ENTRY and value:
-                    entry = value.decode(errors="replace")
-            self.memory.add(rid, entry)
-            p = self.pending.resolve(rid)
-            if p is not None:
-                p.batch.unresolved -= 1
-
-    def _watch_answers(self) -> None:
-        if self._watcher is None:
-            return
-        while True:
-            msgs = self._watcher.consume(1000, timeout=0)
-            self._note_answers(msgs)
-            if len(msgs) < 1000:
-                break
-        self.metrics.pending.set(len(self.pending))
-        self.metrics.answer_memory.set(len(self.memory))
-        self.metrics.clock_correction.set(self.clock.correction_ms / 1000)
-
-    def _answer_overdue(self) -> None:
-        """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered
-        here, degraded, with this tier's own best prediction."""
-        now, due = self.clock.now(), self.pending.next_close()
-        if due is None or due > now:
-            return
-        self._watch_answers()  # answers that arrived since the last look resolve their forwards first
-        n = 0
-        for p in self.pending.due(self.clock.now()):
-            try:
-                self._answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
-                             p.reply_to, p.received_ts, degraded=True)
-            except Exception as exc:  # nothing to fall back to here: restart, and the replay answers it
-                raise WorkerError(f"degraded answer to {p.request_id!r} not produced: {exc}") from exc
-            p.batch.unresolved -= 1
-            self.metrics.exit(p.exit_id)
-            n += 1
-        if n:
-            self.metrics.record("answered", n)
-            self.metrics.degraded.inc(n)
-            log.info("degraded answers published", extra={"tier": self.tier, "answers": n,
-                                                          "pending": len(self.pending)})
-            self.metrics.pending.set(len(self.pending))
 
 
 def serve(settings: Settings, tier: str, model_uri: str, http_port: int | None = None) -> None:

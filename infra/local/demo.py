@@ -168,7 +168,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
             ("offline test accuracy (cascade)", f"{trained['test_accuracy']:.4f}"),
             ("live accuracy", f"{s['accuracy']:.4f} on {s['answered']}/{s['sent']} answered"),
             ("answers per tier", ", ".join(f"{k}: {v}" for k, v in sorted(s["per_tier"].items()))),
-            ("degraded / duplicates dropped", f"{s['degraded']} / {s['duplicates']}"),
+            ("degraded / second answers / conflicting", f"{s['degraded']} / {s['duplicates']} / {s['conflicting']}"),
             ("latency p50 / p95 / p99", f"{s['p50_ms']} / {s['p95_ms']} / {s['p99_ms']} ms"),
             ("canary", f"{deployed['canary']['accuracy']:.3f} accuracy on {deployed['canary']['new_version_answers']}"
                        if deployed.get("canary") else "off"),

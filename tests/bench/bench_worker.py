@@ -69,10 +69,12 @@ def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: 
     from confluent_kafka import Producer
 
     from runtime.kafka import ensure_topics, producer_config
-    from runtime.settings import KafkaSettings, Settings
+    from runtime.settings import KafkaSettings, Settings, WorkerSettings
     from runtime.worker import TierWorker
 
-    settings = Settings(app=f"bench{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap))
+    # No upper tier runs here: forwards stay pending (far deadlines, as before), and stop() does not wait for them.
+    settings = Settings(app=f"bench{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap),
+                        worker=WorkerSettings(max_deadline_ms=600_000, drain_timeout_s=1))
     worker = TierWorker(settings, model, http_port=0, http_host="127.0.0.1")
     topic = worker.route.in_topic
     ensure_topics(settings, [topic])

@@ -1,0 +1,93 @@
+"""Answers on APP.results as one tier sees them: the answer memory, and the forwards they resolve.
+
+Every tier reads every answer (a small JSON record per request). On start the memory is recalled from the
+topic over the last ``worker.answer_memory_s`` *before* the tier consumes any input, so a record replayed
+after a crash or a rebalance is known to be answered; afterwards each answer also resolves the tier's
+pending forward of that request, if any, so the fallback does not fire and the batch can be committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from runtime import codec
+from runtime.kafka import consumer_config
+from runtime.metrics import WorkerMetrics
+from runtime.ownership import AnswerMemory, PendingForwards, TierClock
+from runtime.settings import Settings
+
+log = logging.getLogger("tierflow.worker")
+
+
+class AnswerWatch:
+    def __init__(self, settings: Settings, tier: str, version: str, memory: AnswerMemory,
+                 pending: PendingForwards, clock: TierClock, metrics: WorkerMetrics):
+        self.settings, self.tier, self.version = settings, tier, version
+        self.memory, self.pending, self.clock, self.metrics = memory, pending, clock, metrics
+        self.topic = settings.topic("results")
+        self.recalled = False
+        self._consumer: Any = None
+
+    def start(self) -> None:
+        """Recall the answers of the last ``worker.answer_memory_s``, then keep following the topic."""
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        t0, memory_s = time.monotonic(), self.settings.worker.answer_memory_s
+        group = f"{self.settings.app}.v{self.version}.{self.tier}.watch.{uuid.uuid4().hex[:12]}"  # never committed
+        self._consumer = c = Consumer(consumer_config(self.settings, group))
+        parts = sorted(c.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
+        if memory_s > 0:
+            since = self.clock.local() - memory_s * 1000
+            found = c.offsets_for_times([TopicPartition(self.topic, p, since) for p in parts], timeout=10)
+        else:
+            found = [TopicPartition(self.topic, p, OFFSET_END) for p in parts]
+        assignment = [TopicPartition(self.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                      for tp in found]
+        c.assign(assignment)  # no consumer group to join: every tier reads every partition
+        while time.monotonic() - t0 < 120:
+            msgs = c.consume(1000, timeout=0.5)
+            self._note(msgs)
+            # Caught up: a fetch came back empty with every partition's position known (or, on a topic with
+            # nothing to read, none became known within a few fetch rounds).
+            if not msgs and (time.monotonic() - t0 > 2 or all(tp.offset >= 0 for tp in c.position(assignment))):
+                break
+        self.recalled = True
+        self.metrics.answer_memory.set(len(self.memory))
+        log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
+                                            "seconds": round(time.monotonic() - t0, 2)})
+
+    def poll(self) -> None:
+        """Take in every answer that has arrived since the last look."""
+        if self._consumer is None:
+            return
+        while True:
+            msgs = self._consumer.consume(1000, timeout=0)
+            self._note(msgs)
+            if len(msgs) < 1000:
+                break
+        self.metrics.pending.set(len(self.pending))
+        self.metrics.answer_memory.set(len(self.memory))
+        self.metrics.clock_correction.set(self.clock.correction_ms / 1000)
+
+    def _note(self, msgs: list) -> None:
+        for m in msgs:
+            if m.error():
+                continue
+            key = m.key()
+            rid = key.decode(errors="replace") if key else ""
+            entry = ""
+            for name, value in m.headers() or ():
+                if name == codec.ENTRY and value:
+                    entry = value.decode(errors="replace")
+            self.memory.add(rid, entry)
+            p = self.pending.resolve(rid)
+            if p is not None:
+                p.batch.unresolved -= 1
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

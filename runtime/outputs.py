@@ -1,0 +1,186 @@
+"""Everything a tier worker produces: answers (APP.results and tf-reply-to), forwards and dead letters.
+
+An output of a batch counts against the batch's commit until the broker acknowledges it
+(`runtime.ledger`); an answer to a client's ``tf-reply-to`` is best effort (the answer that counts is the
+one on APP.results), so a reply-to topic that cannot be written never holds back or stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime import codec, deadletter
+from runtime.kafka import producer_config
+from runtime.ledger import Batch
+from runtime.metrics import WorkerMetrics, observe_many
+from runtime.ownership import Action, AnswerMemory, Pending, PendingForwards, TierClock, window_close
+from runtime.route import Route
+from runtime.settings import Settings
+from runtime.validation import Rejected, Request
+
+log = logging.getLogger("tierflow.worker")
+
+
+@dataclass(frozen=True)
+class _Topic:
+    """Stands in for a message in the delivery report of an output that was never produced."""
+
+    name: str
+
+    def topic(self) -> str:
+        return self.name
+
+
+class Outputs:
+    """The producers of one worker and the records it sends."""
+
+    def __init__(self, settings: Settings, route: Route, model: Any, metrics: WorkerMetrics, clock: TierClock,
+                 memory: AnswerMemory, pending: PendingForwards):
+        self.settings, self.route, self.metrics, self.clock = settings, route, metrics, clock
+        self.memory, self.pending, self.ws = memory, pending, settings.worker
+        self.answers = codec.AnswerEncoder(route.tier, route.version, model.model_name,
+                                           getattr(model, "class_name", str))
+        self.forward_headers = codec.ForwardHeaders(route.tier, route.version, model.model_name)
+        self.bootstrap = settings.kafka.bootstrap
+        self.next_bootstrap = settings.kafka.for_tier(route.next_tier or route.tier)
+        self.results_topic, self.dlq_topic = settings.topic("results"), settings.topic("dlq")
+        self._producers: dict[str, Any] = {}
+        self._bytes_out: Counter[str] = Counter()
+        self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
+        self._e2e_latency_ms: list[int] = []
+
+    def connect(self) -> None:
+        """Connect the producers now: an idempotent producer needs its id before the first send."""
+        for bootstrap in {self.bootstrap, self.next_bootstrap}:
+            self._producer(bootstrap).list_topics(timeout=10)
+
+    def _producer(self, bootstrap: str) -> Any:
+        if bootstrap not in self._producers:
+            from confluent_kafka import Producer
+
+            self._producers[bootstrap] = Producer(producer_config(
+                self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}))
+        return self._producers[bootstrap]
+
+    def serve_deliveries(self, timeout_s: float = 0) -> None:
+        for p in self._producers.values():
+            p.poll(timeout_s / len(self._producers))  # returns as soon as it has served a report
+
+    def flush(self, timeout_s: float = 30) -> None:
+        for p in self._producers.values():
+            p.flush(timeout_s)
+
+    def report(self) -> None:
+        """Latencies and bytes of what was sent since the last report, into the metrics (once per batch)."""
+        if self._tier_latency_ms:
+            observe_many(self.metrics.tier_latency, np.asarray(self._tier_latency_ms) / 1000)
+            observe_many(self.metrics.e2e_latency, np.asarray(self._e2e_latency_ms) / 1000)
+            self._tier_latency_ms.clear()
+            self._e2e_latency_ms.clear()
+        for topic, n in self._bytes_out.items():
+            self.metrics.sent(topic, n)
+        self._bytes_out.clear()
+
+    def _send(self, batch: Batch | None, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
+              headers: list[tuple[str, bytes]], header_bytes: int, timestamp: int = 0) -> None:
+        """Produce one output: of ``batch`` (its commit waits for the acknowledgement), or best effort."""
+        producer = self._producer(bootstrap)
+        self._bytes_out[topic] += len(value or b"") + len(key or b"") + header_bytes
+        on_delivery = batch.delivered if batch is not None else self._reply_delivered
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
+                                 timestamp=timestamp)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.1)
+        if batch is not None:
+            batch.outstanding += 1
+
+    def _reply_delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:  # the answer is on APP.results; a client's reply-to topic may not exist
+            self.metrics.record("reply_to_failed")
+            log.warning("answer not delivered to tf-reply-to", extra={"tier": self.route.tier, "topic": msg.topic(),
+                                                                       "error": str(err)})
+
+    def answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
+               origin: int | None, reply_to: str | None, received: int, degraded: bool = False) -> None:
+        now = self.clock.now()
+        tier_latency, latency = now - received, (now - origin) if origin is not None else None
+        body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
+        rid_b = rid.encode()
+        headers, header_bytes = self.answers.headers(rid_b, entry.encode())
+        self._send(batch, self.bootstrap, self.results_topic, rid_b, body, headers, header_bytes)
+        self.memory.add(rid, entry)
+        if reply_to and reply_to != self.results_topic:
+            try:
+                self._send(None, self.bootstrap, reply_to, rid_b, body, headers, header_bytes)
+            except Exception as exc:  # the answer is on APP.results already
+                self._reply_delivered(exc, _Topic(reply_to))
+        self._tier_latency_ms.append(tier_latency)
+        if latency is not None:
+            self._e2e_latency_ms.append(max(latency, 0))
+
+    def act(self, action: Action, batch: Batch, req: Request, activation: bytes | None, label: int,
+            confidence: float, exit_id: int, received: int) -> str | tuple[str, int]:
+        """Carry out this tier's decision on one request; returns its outcome, ``("exit", id)`` for answers."""
+        if action is Action.FORWARD:
+            self.forward(batch, req, activation, label, confidence, exit_id, received)
+            return "forwarded"
+        if action is Action.EXPIRE:
+            return "expired"
+        self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
+                    received, degraded=action is Action.DEGRADE)
+        return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
+
+    def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
+                received: int) -> None:
+        """Send the activation to the next tier, stamped with this tier's clock, and remember this tier's own
+        prediction for the fallback; the batch's offsets wait until the request is answered."""
+        r = self.route
+        headers, header_bytes = self.forward_headers.build(req.request_id.encode(), req.origin_ts, req.deadline,
+                                                           req.reply_to, req.entry.encode())
+        self._send(batch, self.next_bootstrap, r.out_topic, req.record.key(), activation, headers, header_bytes,
+                   timestamp=self.clock.now())
+        close_at = window_close(req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms)
+        self.pending.add(Pending(req.request_id, close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
+                                 received, req.entry, batch))
+        batch.unresolved += 1
+
+    def dead_letter(self, batch: Batch, m: Any, rej: Rejected) -> None:
+        self.metrics.dead_letter(rej.kind)
+        log.warning("dead letter", extra={"tier": self.route.tier, "reason": rej.reason, "topic": m.topic(),
+                                          "partition": m.partition(), "offset": m.offset()})
+        dl = deadletter.build(m, rej.kind, rej.reason, self.route.tier, self.ws.dlq_max_bytes)
+        self._send(batch, self.bootstrap, self.dlq_topic, dl.key, dl.value, dl.headers,
+                   sum(len(k) + len(v) for k, v in dl.headers))
+
+    def answer_overdue(self, poll_answers: Callable[[], None]) -> None:
+        """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered here,
+        degraded, with this tier's own best prediction (``poll_answers`` first takes in answers just arrived)."""
+        due = self.pending.next_close()
+        if due is None or due > self.clock.now():
+            return
+        poll_answers()
+        n = 0
+        for p in self.pending.due(self.clock.now()):
+            try:
+                self.answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
+                            p.reply_to, p.received_ts, degraded=True)
+            except Exception as exc:  # nothing to fall back to here: restart, and the replay answers it
+                raise RuntimeError(f"degraded answer to {p.request_id!r} not produced: {exc}") from exc
+            p.batch.unresolved -= 1
+            self.metrics.exit(p.exit_id)
+            n += 1
+        if n:
+            self.metrics.record("answered", n)
+            self.metrics.degraded.inc(n)
+            self.metrics.pending.set(len(self.pending))
+            log.info("degraded answers published", extra={"tier": self.route.tier, "answers": n,
+                                                          "pending": len(self.pending)})
