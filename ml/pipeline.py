@@ -187,7 +187,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     bundle_dir = out / "bundle"
     meta = {"dataset": dict(metadata or {}), "calibration": cal.to_dict(), "train": {
         "epochs_run": tr.epochs_run, "seconds": tr.seconds, "exit_weights": tr.exit_weights,
-        "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val)}}
+        "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val), **tr.extra}}
     manifest = save_bundle(bundle_dir, model, cfg.tier_map, cal.thresholds, train.class_names,
                            model_name=cfg.model_name, architecture=cfg.architecture, measure=cfg.measure,
                            metadata=meta, tflite=cfg.tflite, representative=val.x[:200].astype("float32"))
@@ -201,6 +201,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
         "n": {"train": len(train), "val": len(val), "test": len(test)},
         "train_seconds": tr.seconds,
         "epochs_run": tr.epochs_run,
+        "train_extra": tr.extra,
         "history": tr.history,
         "val_exits": exit_metrics(val_probs, val.y),
         "test_exits": exit_metrics(test_probs, test.y),
