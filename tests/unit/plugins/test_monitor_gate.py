@@ -60,3 +60,14 @@ def test_gate_stops_a_model_below_the_accuracy_floor():
     verdict = gate_verdict(0.344, None, 0.01, **TEN, min_accuracy=0.5)
     assert not verdict["passed"] and "below the floor min_accuracy=0.5" in verdict["reason"]
     assert gate_verdict(0.6, None, 0.01, **TEN, min_accuracy=0.5)["passed"]
+
+
+def test_gate_step_stops_the_first_release_of_a_broken_model(monkeypatch):
+    import ml.registry
+    from plugins.pipeline.ml_steps import gate_step
+
+    monkeypatch.setattr(ml.registry, "champion_metrics", lambda app, uri: None)  # no champion yet
+    trained = {"test_accuracy": 0.1, **TEN}
+    with pytest.raises(RuntimeError, match="gate: candidate rejected.*sanity check: test accuracy 0.1000 is not"):
+        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained)
+    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9})["passed"]
