@@ -232,6 +232,10 @@ def run_all(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     _print({"bundle": str(result.bundle_dir), "report": str(result.report_path), "metrics": result.metrics})
+    sanity = result.report["sanity"]
+    if not sanity["passed"]:
+        typer.secho(f"sanity check failed, the pipeline would not register this model: {sanity['reason']}",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

@@ -97,3 +97,38 @@ def evaluate_cascade(
     if full_flops:
         out["cloud_only"]["mean_flops"] = int(full_flops)
     return out
+
+
+CHANCE_MARGIN_SE = 3.0  # a model that guesses beats chance by this many standard errors ~0.1 % of the time
+CHANCE_MARGIN_MIN = 0.02  # and by at least this much accuracy, however large the test split
+
+
+def sanity_check(accuracy: float, num_classes: int, n: int, min_accuracy: float = 0.0) -> dict[str, Any]:
+    """Pure: is a candidate good enough to register at all, whatever the champion?
+
+    It must beat chance (1/K) by a margin (``CHANCE_MARGIN_SE`` standard errors of a guessing model's
+    accuracy on ``n`` test samples, at least ``CHANCE_MARGIN_MIN``) and reach the absolute floor
+    ``min_accuracy``. Returns ``passed``, the ``required`` accuracy and a ``reason`` that says what to
+    look at when it fails.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if n < 1:
+        raise ValueError("the sanity check needs a non-empty test split")
+    chance = 1.0 / num_classes
+    margin = max(CHANCE_MARGIN_MIN, CHANCE_MARGIN_SE * float(np.sqrt(chance * (1 - chance) / n)))
+    above_chance = chance + margin
+    required = max(above_chance, float(min_accuracy))
+    passed = float(accuracy) >= required
+    if passed:
+        reason = (f"test accuracy {accuracy:.4f} >= {required:.4f} (chance {chance:.4f} + margin {margin:.4f}, "
+                  f"floor min_accuracy={min_accuracy})")
+    elif accuracy < above_chance:
+        reason = (f"test accuracy {accuracy:.4f} is not above chance ({chance:.4f} for {num_classes} classes, "
+                  f"+ margin {margin:.4f} on {n} test samples): the model has not learnt the task; check the "
+                  "labels and the input scaling, train longer or with a smaller batch size")
+    else:
+        reason = (f"test accuracy {accuracy:.4f} is below the floor min_accuracy={min_accuracy}: train longer, "
+                  "on more data or with another architecture, or lower min_accuracy")
+    return {"passed": passed, "reason": reason, "accuracy": float(accuracy), "required": required,
+            "chance": chance, "margin": margin, "min_accuracy": float(min_accuracy), "n": int(n)}

@@ -35,6 +35,7 @@ class PipelineConfig:
     link_bandwidth_mbps: Sequence[float] | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.15  # only used when no test split is given
+    min_accuracy: float = 0.0  # sanity floor on the test split's cascade accuracy (chance + margin always)
     model_name: str = "fmnist"
     tflite: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -175,9 +176,12 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     """Train, calibrate on the validation split, write the bundle, evaluate on the held-out test split."""
     from ml import plots
     from ml.bundle import save_bundle
+    from ml.evaluation import sanity_check
     from ml.training import exit_metrics, predict_exits
 
     cfg = cfg or PipelineConfig()
+    if not 0.0 <= cfg.min_accuracy <= 1.0:
+        raise ValueError(f"min_accuracy={cfg.min_accuracy!r}: give an accuracy from 0 to 1 (0 = only beat chance)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -187,7 +191,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     bundle_dir = out / "bundle"
     meta = {"dataset": dict(metadata or {}), "calibration": cal.to_dict(), "train": {
         "epochs_run": tr.epochs_run, "seconds": tr.seconds, "exit_weights": tr.exit_weights,
-        "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val)}}
+        "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val), **tr.extra}}
     manifest = save_bundle(bundle_dir, model, cfg.tier_map, cal.thresholds, train.class_names,
                            model_name=cfg.model_name, architecture=cfg.architecture, measure=cfg.measure,
                            metadata=meta, tflite=cfg.tflite, representative=val.x[:200].astype("float32"))
@@ -201,11 +205,13 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
         "n": {"train": len(train), "val": len(val), "test": len(test)},
         "train_seconds": tr.seconds,
         "epochs_run": tr.epochs_run,
+        "train_extra": tr.extra,
         "history": tr.history,
         "val_exits": exit_metrics(val_probs, val.y),
         "test_exits": exit_metrics(test_probs, test.y),
         "calibration": cal.to_dict(),
         "test": evaluation,
+        "sanity": sanity_check(evaluation["accuracy"], len(train.class_names), len(test), cfg.min_accuracy),
         "tier_costs_ms": tier_cost,
         "bundle": str(bundle_dir),
         "tiers": [t.model_dump() for t in manifest.tiers],

@@ -1,4 +1,10 @@
-"""Joint training of all exits (BranchyNet): one loss per exit, weighted, summed; seeded; early stopping."""
+"""Joint training of all exits (BranchyNet): one loss per exit, weighted, summed; seeded; early stopping.
+
+BatchNorm moving statistics are re-estimated from the training data after every epoch (see
+:func:`recalibrate_batchnorm`), before the validation pass that early stopping and the best-weights choice
+read, so a model trained for few steps per epoch is judged, calibrated and served with statistics that
+match its weights.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class TrainConfig:
     max_seconds: float | None = None  # wall-clock budget: no epoch starts that would end past it
     cosine_decay: bool = True  # cosine-decay the learning rate to 5 % over the planned epochs, or over
     # the time budget when that ends first (then the run depends on machine speed, not only the seed)
+    bn_samples: int = 2048  # training samples that re-estimate the BatchNorm statistics each epoch; 0 = off
 
 
 @dataclass
@@ -121,9 +128,80 @@ def _cosine_callback(base: float, total_steps: int, max_seconds: float | None):
     return CosineByStepsOrTime()
 
 
+def batchnorm_layers(model) -> list:
+    """The model's trainable BatchNormalization layers that sit once in its graph (in graph order)."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+            and layer.trainable and len(layer._inbound_nodes) == 1]
+
+
+def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 256) -> int:
+    """Set every BatchNorm layer's moving mean and variance to the exact statistics of its inputs over ``x``.
+
+    Why a re-estimation pass and not a momentum chosen from the number of steps: Keras' moving averages
+    (momentum 0.99, a memory of ~100 steps) lag behind weights that still change fast, and on a small
+    dataset (tens of steps per epoch) they are still dominated by their initial values (mean 0, variance
+    1) when training ends. The model then scores far below its batch-statistics accuracy at inference
+    (the mode validation, calibration and serving use), and early stopping keeps an early epoch on that
+    misleading signal. A lower momentum only shortens the lag at the price of noisier statistics, and
+    would have to be set inside a user's own layers; measuring the statistics once the weights are fixed
+    is exact for any model, costs a forward pass over a sample, and changes nothing in the training
+    itself (training normalizes with batch statistics either way).
+
+    The layers are measured in graph order, each on its inputs as inference produces them (the layers
+    before it already re-estimated, dropout off), so the statistics are those the served model sees.
+    Frozen (``trainable=False``) BatchNorm layers keep theirs: the network was trained with them. Layers
+    nested inside a sub-model, or used more than once, are left as they are. Returns how many layers
+    were re-estimated.
+    """
+    import keras
+
+    layers = batchnorm_layers(model)
+    if not layers or len(x) == 0:
+        return 0
+    for layer in layers:
+        probe = keras.Model(model.input, layer.input)
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        total = sq = None
+        count = 0
+        for i in range(0, len(x), batch_size):
+            h = np.asarray(probe(x[i:i + batch_size], training=False), dtype=np.float64)
+            h = np.moveaxis(h, axis, -1).reshape(-1, h.shape[axis])
+            total = h.sum(axis=0) if total is None else total + h.sum(axis=0)
+            sq = (h * h).sum(axis=0) if sq is None else sq + (h * h).sum(axis=0)
+            count += len(h)
+        mean = total / count
+        var = np.maximum(sq / count - mean * mean, 0.0)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(var.astype(np.float32))
+    return len(layers)
+
+
+def _validation_callback(x_val, y_val, n: int, batch_size: int, x_bn: np.ndarray | None):
+    import keras
+
+    class Validation(keras.callbacks.Callback):
+        """After each epoch: re-estimate the BatchNorm statistics, then validate (``val_*`` in the logs)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if x_bn is not None:
+                recalibrate_batchnorm(self.model, x_bn, batch_size=max(batch_size, 256))
+            val = self.model.evaluate(x_val, [y_val] * n, batch_size=batch_size, verbose=0, return_dict=True)
+            if logs is not None:
+                logs.update({f"val_{k}": float(v) for k, v in val.items()})
+
+    return Validation()
+
+
 def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                      config: TrainConfig | None = None) -> TrainResult:
-    """Train every exit jointly; returns the Keras history (per-exit loss/accuracy, train and val)."""
+    """Train every exit jointly; returns the Keras history (per-exit loss/accuracy, train and val).
+
+    Validation runs after each epoch's BatchNorm re-estimation (``bn_samples`` training samples, seeded),
+    so early stopping and the restored best weights are judged with statistics that match the weights;
+    the returned model carries such statistics too.
+    """
     import time
 
     import keras
@@ -135,8 +213,13 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
     n = len(model.outputs)
     steps = int(np.ceil(len(x) / cfg.batch_size))
     weights = compile_multi_exit(model, cfg.exit_weights, cfg.learning_rate)
+    x_bn = None
+    if cfg.bn_samples > 0 and batchnorm_layers(model):
+        pick = np.random.default_rng(cfg.seed).permutation(len(x))[:cfg.bn_samples]
+        x_bn = x[np.sort(pick)]
     progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
-    callbacks = [progress]
+    # validation first: the progress line, the budget check and early stopping read its val_* logs
+    callbacks = [_validation_callback(x_val, y_val, n, cfg.batch_size, x_bn), progress]
     if cfg.cosine_decay:
         callbacks.append(_cosine_callback(cfg.learning_rate, steps * cfg.epochs, cfg.max_seconds))
     early = None
@@ -144,14 +227,17 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
         callbacks.append(early)
     t0 = time.monotonic()
-    hist = model.fit(x, [y] * n, validation_data=(x_val, [y_val] * n), epochs=cfg.epochs,
+    hist = model.fit(x, [y] * n, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     seconds = time.monotonic() - t0
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(next(iter(history.values()))) if history else 0
     stopped = bool(early is not None and early.stopped_epoch > 0) or progress.over_budget
+    extra: dict[str, Any] = {"bn_samples": 0 if x_bn is None else len(x_bn)}
+    if early is not None and early.best_weights is not None:
+        extra["best_epoch"] = int(early.best_epoch) + 1
     return TrainResult(history=history, epochs_run=epochs_run, seconds=seconds, exit_weights=weights,
-                       stopped_early=stopped)
+                       stopped_early=stopped, extra=extra)
 
 
 def predict_exits(model, x: np.ndarray, batch_size: int = 512) -> list[np.ndarray]:

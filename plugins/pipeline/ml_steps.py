@@ -83,35 +83,49 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     test_eval = rep["test"]
     return {"run_id": run_id, "bundle_dir": str(result.bundle_dir), "dataset_version": dataset_version,
             "test_accuracy": float(test_eval["accuracy"]), "tier_fractions": test_eval["tier_fractions"],
+            "num_classes": len(data.class_names), "test_samples": int(rep["n"]["test"]),
             "metrics": result.metrics, "tiers": list(test_eval["tier_fractions"]),
             "seconds": time.monotonic() - t0}
 
 
 def gate_step(cfg: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    """The candidate must not be less accurate than the champion on the same test split (minus a margin)."""
+    """Before anything is registered: the candidate must pass the sanity check (beat chance and the
+    ``min_accuracy`` floor; the first release too) and not be less accurate than the champion on the same
+    test split (minus a margin)."""
     from ml.registry import champion_metrics
     from runtime.settings import get_settings
 
     settings = get_settings()
     champion = champion_metrics(settings.app, settings.mlflow.tracking_uri)
-    verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"])
+    verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"],
+                           num_classes=trained["num_classes"], test_samples=trained["test_samples"],
+                           min_accuracy=cfg.get("min_accuracy", 0.0))
     if not verdict["passed"]:
         raise RuntimeError(f"gate: candidate rejected, champion kept: {verdict['reason']}")
     print(f"gate passed: {verdict['reason']}")
     return verdict
 
 
-def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, margin: float) -> dict[str, Any]:
-    """Pure: pass if there is no champion, or candidate >= champion test accuracy - margin."""
+def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, margin: float, *,
+                 num_classes: int, test_samples: int, min_accuracy: float = 0.0) -> dict[str, Any]:
+    """Pure: fail a candidate that does not pass ``ml.evaluation.sanity_check`` (chance + margin, and the
+    ``min_accuracy`` floor), with or without a champion; then pass if there is no champion, or if
+    candidate >= champion test accuracy - margin."""
+    from ml.evaluation import sanity_check
+
+    sanity = sanity_check(candidate_accuracy, num_classes, test_samples, min_accuracy)
+    if not sanity["passed"]:
+        return {"passed": False, "reason": f"sanity check: {sanity['reason']}", "sanity": sanity,
+                "champion_accuracy": None, "candidate_accuracy": candidate_accuracy}
     if not champion or "test_accuracy" not in champion.get("metrics", {}):
-        return {"passed": True, "reason": "no champion yet", "champion_accuracy": None,
-                "candidate_accuracy": candidate_accuracy}
+        return {"passed": True, "reason": f"no champion yet; sanity check: {sanity['reason']}", "sanity": sanity,
+                "champion_accuracy": None, "candidate_accuracy": candidate_accuracy}
     best = float(champion["metrics"]["test_accuracy"])
     passed = candidate_accuracy >= best - margin
     reason = (f"candidate test accuracy {candidate_accuracy:.4f} vs champion release {champion.get('release')} "
               f"{best:.4f} (margin {margin})")
-    return {"passed": passed, "reason": reason, "champion_accuracy": best, "candidate_accuracy": candidate_accuracy,
-            "champion_release": champion.get("release")}
+    return {"passed": passed, "reason": reason, "sanity": sanity, "champion_accuracy": best,
+            "candidate_accuracy": candidate_accuracy, "champion_release": champion.get("release")}
 
 
 def register_step(trained: dict[str, Any]) -> dict[str, Any]:

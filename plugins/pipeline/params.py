@@ -44,6 +44,9 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
                    "Confidence measure at the exits."),
     "max_train_samples": (0, {"type": "integer", "minimum": 0},
                           "Use at most this many training samples (0 = all); small values for quick tests."),
+    "min_accuracy": (0.0, {"type": "number", "minimum": 0, "maximum": 1},
+                     "Sanity gate, also for the first release: lowest test accuracy a candidate may have "
+                     "(0-1); it must always beat chance (1/classes) by a margin."),
     "gate_margin": (0.01, {"type": "number", "minimum": 0, "maximum": 1},
                     "Gate: the candidate may be at most this much less accurate than the champion."),
     "backend": ("local", {"type": "string", "enum": list(BACKENDS)},
@@ -77,6 +80,7 @@ ML_OPTIONS: dict[str, str] = {
     "objective": "objective",
     "cost_weights": "tier_costs",
     "confidence": "measure",
+    "min_accuracy": "min_accuracy",
 }
 
 
@@ -187,6 +191,9 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if not isinstance(v["max_train_samples"], int) or isinstance(v["max_train_samples"], bool) \
             or v["max_train_samples"] < 0:
         problems.append(f"max_train_samples={v['max_train_samples']!r}: give a whole number >= 0 (0 = all)")
+    if not _number(v["min_accuracy"]) or not 0 <= v["min_accuracy"] <= 1:
+        problems.append(f"min_accuracy={v['min_accuracy']!r}: give the lowest acceptable test accuracy as a "
+                        "fraction from 0 to 1 (e.g. 0.8), or 0 to require only that the model beats chance")
     for name, lo, hi in (("gate_margin", 0, 1), ("canary_accuracy_drop", 0, 1)):
         if not _number(v[name]) or not lo <= v[name] <= hi:
             problems.append(f"{name}={v[name]!r}: give a number from {lo} to {hi}")
@@ -205,6 +212,6 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if problems:
         raise ParamError("invalid pipeline parameters:\n- " + "\n- ".join(problems))
     v["tier_map"] = tier_map
-    for name in ("accuracy_tolerance", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms"):
+    for name in ("accuracy_tolerance", "min_accuracy", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms"):
         v[name] = float(v[name])
     return PipelineParams(**v)

@@ -36,6 +36,8 @@ def test_pipeline_writes_bundle_report_and_plots(small_run):
         assert key in result.metrics
     assert sum(v for k, v in result.metrics.items() if k.startswith("test_fraction_")) == pytest.approx(1.0)
     assert 0 < result.metrics["test_relative_compute"] <= 1.0 + 1e-9
+    assert report["sanity"]["passed"] and report["sanity"]["accuracy"] == report["test"]["accuracy"]
+    assert report["sanity"]["chance"] == pytest.approx(0.1) and report["sanity"]["n"] == len(test)
     tfl = report["test"]["tflite"]
     assert tfl["float_agreement"] >= 0.99 and tfl["int8_agreement"] >= 0.8, tfl
 
@@ -57,6 +59,8 @@ def test_bad_options_fail_before_training(tmp_path):
         train_calibrate_partition(x, y, ["a", "b"], tmp_path, epochz=3)
     with pytest.raises(ValueError, match="must hold the final exit"):
         train_calibrate_partition(x, y, ["a", "b"], tmp_path, tier_map={"edge": [0]}, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="min_accuracy=1.5: give an accuracy from 0 to 1"):
+        train_calibrate_partition(x, y, ["a", "b"], tmp_path, min_accuracy=1.5)
 
 
 def test_cost_objective_with_given_tier_costs(tmp_path):

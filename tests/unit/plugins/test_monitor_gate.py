@@ -38,9 +38,36 @@ def test_retrain_reasons_accuracy_drift_and_too_little_data():
     assert retrain_reasons(good, {"edge": 0.9, "fog": 0.1}, bounds) == []
 
 
+TEN = {"num_classes": 10, "test_samples": 2000}
+
+
 def test_gate_passes_without_champion_and_within_margin_only():
-    assert gate_verdict(0.5, None, 0.01)["passed"]
+    assert gate_verdict(0.5, None, 0.01, **TEN)["passed"]
     champ = {"release": "3", "metrics": {"test_accuracy": 0.85}}
-    assert gate_verdict(0.845, champ, 0.01)["passed"]
-    verdict = gate_verdict(0.80, champ, 0.01)
+    assert gate_verdict(0.845, champ, 0.01, **TEN)["passed"]
+    verdict = gate_verdict(0.80, champ, 0.01, **TEN)
     assert not verdict["passed"] and "champion release 3 0.8500" in verdict["reason"]
+
+
+@pytest.mark.parametrize("champion", [None, {"release": "3", "metrics": {"test_accuracy": 0.10}}])
+def test_gate_stops_a_model_at_chance_also_the_first_release(champion):
+    verdict = gate_verdict(0.11, champion, 0.01, **TEN)
+    assert not verdict["passed"]
+    assert verdict["reason"].startswith("sanity check: test accuracy 0.1100 is not above chance (0.1000 for 10")
+
+
+def test_gate_stops_a_model_below_the_accuracy_floor():
+    verdict = gate_verdict(0.344, None, 0.01, **TEN, min_accuracy=0.5)
+    assert not verdict["passed"] and "below the floor min_accuracy=0.5" in verdict["reason"]
+    assert gate_verdict(0.6, None, 0.01, **TEN, min_accuracy=0.5)["passed"]
+
+
+def test_gate_step_stops_the_first_release_of_a_broken_model(monkeypatch):
+    import ml.registry
+    from plugins.pipeline.ml_steps import gate_step
+
+    monkeypatch.setattr(ml.registry, "champion_metrics", lambda app, uri: None)  # no champion yet
+    trained = {"test_accuracy": 0.1, **TEN}
+    with pytest.raises(RuntimeError, match="gate: candidate rejected.*sanity check: test accuracy 0.1000 is not"):
+        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained)
+    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9})["passed"]

@@ -40,6 +40,8 @@ def test_cloud_only_tier_map():
     ({"cost_weights": [1, 2]}, "one cost per tier of the tier map (3"),
     ({"backend": "docker"}, "backend='docker': choose one of ['local', 'kubernetes']"),
     ({"canary_requests": -5}, "canary_requests=-5"),
+    ({"min_accuracy": 85}, "min_accuracy=85: give the lowest acceptable test accuracy as a fraction from 0 to 1"),
+    ({"min_accuracy": "high"}, "min_accuracy='high'"),
     ({"dataset": "http://x"}, "dataset='http://x'"),
     ({"epoch": 3}, "unknown parameter(s) ['epoch']"),
 ])
@@ -71,8 +73,9 @@ def test_every_ml_parameter_names_an_option_of_the_ml_pipeline():
     assert {f.name for f in fields(PipelineParams)} == set(PARAM_SPECS)
     assert PARAM_SPECS["architecture"][1]["enum"] == list(ML_ARCHITECTURES)
     assert PARAM_SPECS["confidence"][1]["enum"] == list(MEASURES)
-    options = ml_options(validate({"confidence": "entropy", "accuracy_tolerance": 2}).to_dict())
+    options = ml_options(validate({"confidence": "entropy", "accuracy_tolerance": 2, "min_accuracy": 0}).to_dict())
     assert options["measure"] == "entropy" and options["tolerance"] == 2.0
+    assert options["min_accuracy"] == 0.0 and isinstance(options["min_accuracy"], float)
     assert options["tier_map"] == {"edge": [0], "fog": [1], "cloud": [2]}
 
 
