@@ -4,6 +4,8 @@ Every tier reads every answer (a small JSON record per request). On start the me
 topic over the last ``worker.answer_memory_s`` *before* the tier consumes any input, so a record replayed
 after a crash or a rebalance is known to be answered; afterwards each answer also resolves the tier's
 pending forward of that request, if any, so the fallback does not fire and the batch can be committed.
+The top tier forwards nothing, so it only recalls at start (its own answers keep its memory current) and
+does not read every answer over what may be a WAN link.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ log = logging.getLogger("tierflow.worker")
 
 class AnswerWatch:
     def __init__(self, settings: Settings, tier: str, version: str, memory: AnswerMemory,
-                 pending: PendingForwards, clock: TierClock, metrics: WorkerMetrics):
-        self.settings, self.tier, self.version = settings, tier, version
+                 pending: PendingForwards, clock: TierClock, metrics: WorkerMetrics, follow: bool = True):
+        self.settings, self.tier, self.version, self.follow = settings, tier, version, follow
         self.memory, self.pending, self.clock, self.metrics = memory, pending, clock, metrics
         self.topic = settings.topic("results")
         self.recalled = False
@@ -56,6 +58,8 @@ class AnswerWatch:
                 break
         self.recalled = True
         self.metrics.answer_memory.set(len(self.memory))
+        if not self.follow:  # a top tier forwards nothing: its own answers keep its memory current
+            self.close()
         log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
                                             "seconds": round(time.monotonic() - t0, 2)})
 

@@ -50,23 +50,28 @@ class Outputs:
         self.bootstrap = settings.kafka.bootstrap
         self.next_bootstrap = settings.kafka.for_tier(route.next_tier or route.tier)
         self.results_topic, self.dlq_topic = settings.topic("results"), settings.topic("dlq")
-        self._producers: dict[str, Any] = {}
+        self._producers: dict[tuple[str, str], Any] = {}
         self._bytes_out: Counter[str] = Counter()
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        for bootstrap in {self.bootstrap, self.next_bootstrap}:
-            self._producer(bootstrap).list_topics(timeout=10)
+        for bootstrap, kind in {(self.bootstrap, "answers"), (self.bootstrap, "outputs"), (self.next_bootstrap, "forwards")}:
+            self._producer(bootstrap, kind).list_topics(timeout=10)
 
-    def _producer(self, bootstrap: str) -> Any:
-        if bootstrap not in self._producers:
+    def _producer(self, bootstrap: str, kind: str) -> Any:
+        """One producer per cluster and kind. An upper tier's answers get a delivery timeout of half a grace:
+        one that has not reached the broker by then (a cut link) is withdrawn, never published late, and the
+        tier below answers instead (`runtime.ownership`, rule 1)."""
+        if (bootstrap, kind) not in self._producers:
             from confluent_kafka import Producer
 
-            self._producers[bootstrap] = Producer(producer_config(
-                self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}))
-        return self._producers[bootstrap]
+            extra = {"message.timeout.ms": max(self.ws.degrade_grace_ms // 2, 1)} \
+                if kind == "answers" and not self.route.is_entry else {}
+            self._producers[(bootstrap, kind)] = Producer(producer_config(
+                self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
+        return self._producers[(bootstrap, kind)]
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         for p in self._producers.values():
@@ -87,27 +92,44 @@ class Outputs:
             self.metrics.sent(topic, n)
         self._bytes_out.clear()
 
-    def _send(self, batch: Batch | None, bootstrap: str, topic: str, key: str | bytes | None, value: bytes | None,
-              headers: list[tuple[str, bytes]], header_bytes: int, timestamp: int = 0) -> None:
-        """Produce one output: of ``batch`` (its commit waits for the acknowledgement), or best effort."""
-        producer = self._producer(bootstrap)
+    def _send(self, on_delivery: Any, producer: Any, topic: str, key: str | bytes | None, value: bytes | None,
+              headers: list[tuple[str, bytes]], header_bytes: int, *, timestamp: int = 0, wait: bool = True) -> None:
+        """Produce one output; a full local queue is waited out (``wait``) or raises BufferError."""
         self._bytes_out[topic] += len(value or b"") + len(key or b"") + header_bytes
-        on_delivery = batch.delivered if batch is not None else self._reply_delivered
         while True:
             try:
                 producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery,
                                  timestamp=timestamp)
-                break
+                return
             except BufferError:  # local queue full: let deliveries drain, then retry
+                if not wait:
+                    raise
                 producer.poll(0.1)
-        if batch is not None:
-            batch.outstanding += 1
+
+    def _held(self, batch: Batch, kind: str, topic: str, key: Any, value: bytes | None,
+              headers: list[tuple[str, bytes]], header_bytes: int) -> None:
+        """An output of ``batch``: its commit waits for the broker's acknowledgement."""
+        if kind == "answers" and not self.route.is_entry:
+            def on_delivery(err: Any, msg: Any) -> None:
+                batch.withdrawable(err, msg)
+                if err is not None:
+                    self.metrics.record("withdrawn")
+                    log.warning("answer withdrawn: not delivered within half a grace", extra={
+                        "tier": self.route.tier, "error": str(err)})
+        else:
+            on_delivery = batch.delivered
+        self._send(on_delivery, self._producer(self.bootstrap, kind), topic, key, value, headers, header_bytes)
+        batch.outstanding += 1
 
     def _reply_delivered(self, err: Any, msg: Any) -> None:
         if err is not None:  # the answer is on APP.results; a client's reply-to topic may not exist
             self.metrics.record("reply_to_failed")
             log.warning("answer not delivered to tf-reply-to", extra={"tier": self.route.tier, "topic": msg.topic(),
                                                                        "error": str(err)})
+
+    def _forward_delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.metrics.record("forward_failed")
 
     def answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
                origin: int | None, reply_to: str | None, received: int, degraded: bool = False) -> None:
@@ -116,11 +138,12 @@ class Outputs:
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        self._send(batch, self.bootstrap, self.results_topic, rid_b, body, headers, header_bytes)
+        self._held(batch, "answers", self.results_topic, rid_b, body, headers, header_bytes)
         self.memory.add(rid, entry)
         if reply_to and reply_to != self.results_topic:
             try:
-                self._send(None, self.bootstrap, reply_to, rid_b, body, headers, header_bytes)
+                self._send(self._reply_delivered, self._producer(self.bootstrap, "outputs"), reply_to, rid_b, body,
+                           headers, header_bytes)
             except Exception as exc:  # the answer is on APP.results already
                 self._reply_delivered(exc, _Topic(reply_to))
         self._tier_latency_ms.append(tier_latency)
@@ -131,8 +154,11 @@ class Outputs:
             confidence: float, exit_id: int, received: int) -> str | tuple[str, int]:
         """Carry out this tier's decision on one request; returns its outcome, ``("exit", id)`` for answers."""
         if action is Action.FORWARD:
-            self.forward(batch, req, activation, label, confidence, exit_id, received)
-            return "forwarded"
+            try:
+                self.forward(batch, req, activation, label, confidence, exit_id, received)
+                return "forwarded"
+            except BufferError:  # the link to the next tier is backed up: answer now rather than wait
+                action = Action.DEGRADE
         if action is Action.EXPIRE:
             return "expired"
         self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
@@ -146,8 +172,10 @@ class Outputs:
         r = self.route
         headers, header_bytes = self.forward_headers.build(req.request_id.encode(), req.origin_ts, req.deadline,
                                                            req.reply_to, req.entry.encode())
-        self._send(batch, self.next_bootstrap, r.out_topic, req.record.key(), activation, headers, header_bytes,
-                   timestamp=self.clock.now())
+        # Not held by the batch: a forward that never arrives (a cut link, a full queue) only means no answer
+        # from above, and this tier answers degraded when its window closes.
+        self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,
+                   req.record.key(), activation, headers, header_bytes, timestamp=self.clock.now(), wait=False)
         close_at = window_close(req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms)
         self.pending.add(Pending(req.request_id, close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
                                  received, req.entry, batch))
@@ -158,7 +186,7 @@ class Outputs:
         log.warning("dead letter", extra={"tier": self.route.tier, "reason": rej.reason, "topic": m.topic(),
                                           "partition": m.partition(), "offset": m.offset()})
         dl = deadletter.build(m, rej.kind, rej.reason, self.route.tier, self.ws.dlq_max_bytes)
-        self._send(batch, self.bootstrap, self.dlq_topic, dl.key, dl.value, dl.headers,
+        self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
     def answer_overdue(self, poll_answers: Callable[[], None]) -> None:

@@ -59,7 +59,8 @@ class TierWorker:
                                    limits=Limits(self.ws.max_record_bytes, self.ws.default_deadline_ms,
                                                  self.ws.max_deadline_ms))
         self.outputs = Outputs(settings, self.route, model, self.metrics, self.clock, self.memory, self.pending)
-        self.answers = AnswerWatch(settings, self.tier, version, self.memory, self.pending, self.clock, self.metrics)
+        self.answers = AnswerWatch(settings, self.tier, version, self.memory, self.pending, self.clock, self.metrics,
+                                   follow=self.route.out_topic is not None)
         self.consumed = 0  # input records done with (answered, forwarded, dropped or dead-lettered)
         self._stop = threading.Event()
         self._assigned = False
