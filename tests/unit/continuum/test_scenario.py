@@ -31,7 +31,7 @@ def test_mobile_profile_replaces_the_links() -> None:
     ("tiers: {edge: edge, fog: fog}\nbrokers: [edge]", "has no broker"),
     ("tiers: {edge: cloud, cloud: edge}", "chain order"),
     ("tiers: {cloud: cloud, edge: edge}", "edge first"),
-    ("results: fog", "has no broker"),
+    ("results: device", "has no broker"),
     ("tiers: {full: cloud, edge: edge}", "serves alone"),
     ("colour: blue", "colour"),
 ])
