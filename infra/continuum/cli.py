@@ -168,8 +168,8 @@ def run(
             raise typer.Exit(130) from None
         except (ContinuumError, ScenarioError, ValueError, RuntimeError) as exc:
             raise _fail(exc) from exc
-    typer.echo(rep.table(result))
     files = [rep.write_json(result, out_dir), *rep.plots(result, out_dir)]
+    typer.echo(rep.table(result))
     typer.echo("\n" + "\n".join(str(f) for f in files))
     if tracking_uri:
         run_id = rep.log_mlflow(result, files, tracking_uri, "tierflow-continuum")

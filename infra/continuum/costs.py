@@ -154,3 +154,26 @@ def rethreshold(bundle: str | Path, thresholds: list[float | None], out: Path) -
     manifest.metadata = {**manifest.metadata, "thresholds_from": "tierflow continuum (objective=cost)"}
     write_manifest(out, manifest)
     return out
+
+
+def repartition(bundle: str | Path, tier_names: list[str], out: Path) -> Path:
+    """The bundle's own trained network cut for other tiers (e.g. edge + cloud, no fog): the early exits go
+    to the first tiers, one each, and the last tier takes the rest, so scenarios with fewer tiers still
+    serve the same weights. Thresholds are the original ones until calibrated."""
+    from ml.bundle import _load_keras, read_manifest, save_bundle
+
+    manifest = read_manifest(bundle)
+    if manifest.tier_names == tier_names:
+        return Path(bundle)
+    n = manifest.num_exits
+    if len(tier_names) > n:
+        raise ValueError(f"the bundle's network has {n} exits, too few for tiers {tier_names}")
+    tier_map = {t: [i] for i, t in enumerate(tier_names[:-1])}
+    tier_map[tier_names[-1]] = list(range(len(tier_names) - 1, n))
+    thresholds = [th for t in manifest.tiers for th in t.thresholds]
+    if out.exists():
+        shutil.rmtree(out)
+    save_bundle(out, _load_keras(Path(bundle) / manifest.full_file), tier_map, thresholds, manifest.class_names,
+                model_name=manifest.model_name, architecture=manifest.architecture, measure=manifest.confidence,
+                version=manifest.version, metadata={**manifest.metadata, "repartitioned_from": str(bundle)})
+    return out

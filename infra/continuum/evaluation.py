@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.continuum.costs import calibrate_for, rethreshold, scenario_costs, time_tiers
+from infra.continuum.costs import calibrate_for, repartition, rethreshold, scenario_costs, time_tiers
 from infra.continuum.measure import evaluate, machine, ratios
 from infra.continuum.scenario import load_scenario
 
@@ -33,9 +33,9 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
     test = load_fashion_mnist("test")
     x, y = test.x[:LOAD_IMAGES], test.y[:LOAD_IMAGES]
     xc, yc = test.x[LOAD_IMAGES:], test.y[LOAD_IMAGES:]
-    all_tiers = list(dict.fromkeys(t for sc in loaded.values() for t in sc.tier_names))
-    compute_ms = time_tiers(bundle, [t for t in all_tiers if t != "full"])
-    compute_ms |= time_tiers(bundle, ["full"]) if "full" in all_tiers else {}
+    bundles = {n: bundle if sc.cloud_only else repartition(bundle, sc.tier_names, out_dir / f"bundle-{n}-cut")
+               for n, sc in loaded.items()}
+    compute_ms = {n: time_tiers(bundles[n], sc.tier_names) for n, sc in loaded.items()}
     k, w = KafkaSettings(), WorkerSettings()
     report: dict[str, Any] = {
         "machine_before": machine(), "profile": loaded[baseline].profile.name, "baseline": baseline,
@@ -47,11 +47,11 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
         "scenarios": {}, "ratios": {}}
     for name, sc in loaded.items():
         started = time.monotonic()
-        costs = scenario_costs(sc, bundle, compute_ms)
-        served, cal = Path(bundle), None
+        costs = scenario_costs(sc, bundles[name], compute_ms[name])
+        served, cal = Path(bundles[name]), None
         if calibrate and not sc.cloud_only:
-            cal = calibrate_for(costs, bundle, xc, yc, tolerance)
-            served = rethreshold(bundle, cal.thresholds, out_dir / f"bundle-{name}")
+            cal = calibrate_for(costs, served, xc, yc, tolerance)
+            served = rethreshold(served, cal.thresholds, out_dir / f"bundle-{name}")
         if progress:
             progress({"event": "scenario", "name": name, "calibrated": cal is not None})
         result = evaluate(sc, served, x, y, out_dir / f"testbed-{name}", low_rate=low_rate, low_n=n_low, steps=steps,

@@ -47,6 +47,9 @@ def table(report: dict[str, Any]) -> str:
     for name, rat in report.get("ratios", {}).items():
         lines.append(f"\n{name} / {base}:")
         for key, value in rat.items():
+            if key not in TARGETS:
+                lines.append(f"  {key:24s} {_fmt(value, 3):>8s}")
+                continue
             op, goal = TARGETS[key]
             ok = value <= goal if op == "<=" else value >= goal
             goal_text = f"{goal:.2f}" if key != "accuracy_points" else f"{goal:+.1f} pt"
