@@ -71,6 +71,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{name} (p50 {np.median(lat):.0f} ms)")
     ax.set(xlabel="end-to-end latency (ms)", ylabel="fraction of requests", xscale="log",
            title=f"Latency CDF at {report['settings']['low_rate']:g} req/s ({report['profile']} links)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, alpha=0.3)
     ax.legend()
     paths.append(out_dir / "latency_cdf.png")
@@ -98,6 +100,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.axhline(report["settings"]["deadline_ms"], color="k", linestyle=":", label="deadline")
     ax.set(xlabel="offered load (req/s, open loop)", ylabel="latency (ms)", yscale="log",
            title="Latency against offered load")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     paths.append(out_dir / "latency_vs_load.png")
