@@ -46,7 +46,7 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
                      "linger_ms": k.linger_ms},
         "scenarios": {}, "ratios": {}}
     for name, sc in loaded.items():
-        started = time.monotonic()
+        started, load_before = time.monotonic(), machine()
         costs = scenario_costs(sc, bundles[name], compute_ms[name])
         served, cal = Path(bundles[name]), None
         if calibrate and not sc.cloud_only:
@@ -74,7 +74,7 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
                                      "expected_cost_ms": cal.expected_cost, "feasible": cal.feasible}
             result["predicted"]["offline_fractions_ms"] = costs.predict_mean_ms(
                 cal.tier_fractions, costs.per_tier_ms() + messaging)
-        result["machine_after"] = machine()
+        result["machine_before"], result["machine_after"] = load_before, machine()
         result["scenario_wall_s"] = time.monotonic() - started
         report["scenarios"][name] = result
     for name in scenarios:

@@ -178,7 +178,9 @@ def saturation(run: LoadRun, steps: list[Phase], deadline_ms: int) -> dict[str, 
                       "phase_s": (end - start) / 1000})
         if held:
             best = max(best, p.rate)
-    return {"steps": table, "saturation_rps": best}
+    # every step held: the saturation point lies above the highest step (a lower bound, not a measurement)
+    lower_bound = bool(table) and all(t["held"] for t in table)
+    return {"steps": table, "saturation_rps": best, "lower_bound": lower_bound}
 
 
 def hop_breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -248,13 +250,16 @@ def ratios(dist: dict[str, Any], cloud: dict[str, Any]) -> dict[str, float]:
     def div(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    return {"p50": div(dist["latency"]["p50_ms"], cloud["latency"]["p50_ms"]),
+    out = {"p50": div(dist["latency"]["p50_ms"], cloud["latency"]["p50_ms"]),
             "p95": div(dist["latency"]["p95_ms"], cloud["latency"]["p95_ms"]),
             "p99": div(dist["latency"]["p99_ms"], cloud["latency"]["p99_ms"]),
             "saturation_throughput": div(dist["saturation"]["saturation_rps"], cloud["saturation"]["saturation_rps"]),
             "wan_bytes_per_request": div(dist["bytes_per_request"][wan]["total"],
                                          cloud["bytes_per_request"][wan]["total"]),
             "accuracy_points": 100 * (dist["answers"]["accuracy"] - cloud["answers"]["accuracy"])}
+    if cloud["saturation"].get("lower_bound"):
+        out["saturation_throughput"] = float("nan")  # cloud-only never saturated: no ratio to state
+    return out
 
 
 def machine() -> str:

@@ -30,7 +30,8 @@ def table(report: dict[str, Any]) -> str:
     row("mean ms (measured)", lambda r: _fmt(r["latency"]["mean_ms"]))
     row("mean ms predicted: ml.costs + legs", lambda r: _fmt(r.get("predicted", {}).get("cost_model_ms", math.nan)))
     row("  + messaging from settings", lambda r: _fmt(r.get("predicted", {}).get("with_messaging_ms", math.nan)))
-    row("saturation req/s (p99 <= deadline)", lambda r: _fmt(r["saturation"]["saturation_rps"], 0))
+    row("saturation req/s (p99 <= deadline)", lambda r: (">=" if r["saturation"].get("lower_bound") else "")
+        + _fmt(r["saturation"]["saturation_rps"], 0))
     row("accuracy", lambda r: _fmt(r["answers"]["accuracy"], 4))
     row("answers per tier", lambda r: " ".join(f"{t}:{n}" for t, n in r["answers"]["per_tier"].items()))
     row("degraded / lost / answered twice", lambda r: f"{r['answers']['degraded']}/{r['topic']['lost']}/"
@@ -52,6 +53,10 @@ def table(report: dict[str, Any]) -> str:
                 continue
             op, goal = TARGETS[key]
             ok = value <= goal if op == "<=" else value >= goal
+            if math.isnan(value):
+                lines.append(f"  {key:24s} {'n/a':>8s}   target {op} {goal:.2f}   not measured (baseline never "
+                             "saturated: raise the steps)")
+                continue
             goal_text = f"{goal:.2f}" if key != "accuracy_points" else f"{goal:+.1f} pt"
             lines.append(f"  {key:24s} {_fmt(value, 3):>8s}   target {op} {goal_text}   "
                          f"{'met' if ok else 'MISSED'}")

@@ -46,21 +46,22 @@ def hops(result: dict) -> str:
 
 def run(scenarios: list[str], profile: str | None = None, bundle: str | None = None, n_low: int = 400,
         low_rate: float = 20.0, steps: list[float] | None = None, step_s: float = 5.0,
-        out: str | None = None) -> dict:
+        out: str | None = None, calibrate: bool = True) -> dict:
     from infra.continuum import report as rep
     from infra.continuum.evaluation import run_evaluation
 
     bundle_dir = bench_bundle(bundle, 0.5, 8, 12000) if bundle is None else Path(bundle)
     out_dir = Path(out or tempfile.mkdtemp(prefix="bench-continuum-"))
     print(machine_line())
-    print(f"bundle {bundle_dir}; {n_low} requests at {low_rate:g} req/s; steps {steps} x {step_s:g} s; out {out_dir}")
+    print(f"bundle {bundle_dir} ({'thresholds calibrated per scenario' if calibrate else 'its own thresholds'}); "
+          f"{n_low} requests at {low_rate:g} req/s; steps {steps} x {step_s:g} s; out {out_dir}")
 
     def progress(ev: dict) -> None:
         if ev.get("event") in ("scenario", "workers_ready", "phase_end", "saturated"):
             print("  " + json.dumps({k: v for k, v in ev.items() if k != "t_ms"}), flush=True)
 
     result = run_evaluation(scenarios, bundle_dir, out_dir, profile=profile, n_low=n_low, low_rate=low_rate,
-                            steps=steps, step_s=step_s, progress=progress)
+                            steps=steps, step_s=step_s, calibrate=calibrate, progress=progress)
     files = [rep.write_json(result, out_dir), *rep.plots(result, out_dir)]
     print()
     print(rep.table(result))
@@ -98,6 +99,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", default="50,100,200,400,800")
     ap.add_argument("--step-s", type=float, default=5.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-calibrate", action="store_true", help="serve the bundle's own thresholds")
     a = ap.parse_args()
     run(a.scenarios.split(","), a.profile, a.bundle, a.n_low, a.low_rate, [float(s) for s in a.steps.split(",")],
-        a.step_s, a.out)
+        a.step_s, a.out, not a.no_calibrate)
