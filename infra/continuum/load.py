@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+UNANSWERED_MS = 1e12  # an unanswered request in percentiles (inf would turn them into nan)
+
 
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t_ms": time.time() * 1000, **fields}), flush=True)
@@ -131,7 +133,7 @@ def main(spec_path: str) -> None:
             index += len(got)
             rows += got
             if phase.get("stop_when_saturated"):
-                lat = [r.get("latency_ms", float("inf")) for r in got]
+                lat = [r.get("latency_ms", UNANSWERED_MS) for r in got]
                 p99 = float(np.percentile(lat, 99)) if lat else float("inf")
                 if p99 > deadline_ms:
                     stopped_at = phase["name"]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from infra.continuum.load import UNANSWERED_MS
 from infra.continuum.netns import site_argv
 from infra.continuum.scenario import Scenario
 from infra.continuum.testbed import Testbed, _child_env
@@ -168,7 +169,7 @@ def saturation(run: LoadRun, steps: list[Phase], deadline_ms: int) -> dict[str, 
         if not rows:
             continue
         start, end = run.marks[f"{p.name}:start"]["t_ms"], run.marks[f"{p.name}:end"]["t_ms"]
-        lat = [r.get("latency_ms", float("inf")) for r in rows]
+        lat = [r.get("latency_ms", UNANSWERED_MS) for r in rows]
         p99 = float(np.percentile(lat, 99))
         on_time = sum(v <= deadline_ms for v in lat)
         send_s = max((max(r["sent_ms"] for r in rows) - min(r["sent_ms"] for r in rows)) / 1000, 1e-3)
