@@ -8,10 +8,13 @@ install:
 demo: install
 	.venv/bin/tierflow demo $(ARGS)
 
-# The test suite: unit, integration against real local services, Kubernetes testbed.
+# The test suite: the import contract (layers only import downward, no cycles), then unit,
+# integration against real local services, Kubernetes testbed.
 test: install
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports

@@ -17,6 +17,7 @@ COPY --chown=50000:0 runtime ./runtime
 COPY --chown=50000:0 plugins ./plugins
 COPY --chown=50000:0 infra ./infra
 COPY --chown=50000:0 ml ./ml
+COPY --chown=50000:0 tierflow_cli ./tierflow_cli
 RUN uv pip install --no-cache --no-deps --python "$(command -v python)" .
 COPY --chown=50000:0 dags /opt/airflow/dags
 COPY --chown=50000:0 infra/k8s/base/tier-pod-template.yaml /opt/tierflow/k8s/tier-pod-template.yaml

@@ -13,6 +13,7 @@ COPY ml ./ml
 COPY runtime ./runtime
 COPY plugins ./plugins
 COPY infra ./infra
+COPY tierflow_cli ./tierflow_cli
 RUN uv sync --frozen --no-dev --no-editable --extra runtime --extra ml
 
 FROM python:3.11.14-slim-bookworm

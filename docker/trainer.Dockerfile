@@ -12,6 +12,7 @@ COPY ml ./ml
 COPY runtime ./runtime
 COPY plugins ./plugins
 COPY infra ./infra
+COPY tierflow_cli ./tierflow_cli
 RUN uv sync --frozen --no-dev --no-editable --extra ml --extra runtime \
     && uv pip install --python /opt/venv/bin/python --no-cache "psycopg2-binary==2.9.10"
 

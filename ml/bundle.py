@@ -16,6 +16,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ml.cascade import TierDecision, decide
+from ml.contract import FULL
+from ml.registry_rest import RegistryError, download_registered
 
 BUNDLE_FORMAT = "tierflow.bundle/1"
 MANIFEST = "manifest.json"
@@ -27,7 +29,9 @@ class TensorSpec(BaseModel):
     dtype: str = "float32"
 
 
-class TierSpec(BaseModel):
+class ManifestTier(BaseModel):
+    """One tier's entry in a bundle manifest: its exits, Keras file, shapes, thresholds, FLOPs."""
+
     name: str
     exits: list[int]  # global exit ids, ascending
     file: str
@@ -45,14 +49,14 @@ class BundleManifest(BaseModel):
     input: TensorSpec
     class_names: list[str]
     confidence: Literal["max_softmax", "entropy"] = "max_softmax"
-    tiers: list[TierSpec]
+    tiers: list[ManifestTier]
     num_exits: int
     full_file: str = FULL_FILE
     full_flops: int = 0  # FLOPs of the plain network to the final exit (cloud-only baseline)
     tflite: dict[str, str] = Field(default_factory=dict)  # e.g. {"float": "edge.float.tflite", "int8": ...}
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    def tier(self, name: str) -> TierSpec:
+    def tier(self, name: str) -> ManifestTier:
         for t in self.tiers:
             if t.name == name:
                 return t
@@ -118,7 +122,7 @@ def save_bundle(
         file = f"{part.name}.keras"
         part.model.save(out / file)
         ths = [None if (e == n_exits - 1 and i == len(parts) - 1) else thresholds[e] for e in part.exits]
-        tiers.append(TierSpec(name=part.name, exits=part.exits, file=file, input_shape=part.input_shape,
+        tiers.append(ManifestTier(name=part.name, exits=part.exits, file=file, input_shape=part.input_shape,
                               output_shape=part.output_shape,
                               thresholds=[None if t is None else float(t) for t in ths], flops=part.flops))
     model.save(out / FULL_FILE)
@@ -219,13 +223,13 @@ def load_bundle_tier(bundle_dir: str | Path, tier: str) -> TierModel:
     """Load one tier of a bundle directory (``tier="full"`` gives the unpartitioned model, cloud-only)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    if tier == "full":
+    if tier == FULL:
         final = manifest.num_exits - 1
         model = _load_keras(bundle_dir / manifest.full_file)
         import keras
 
         model = keras.Model(model.inputs[0], [model.outputs[-1]], name=f"{model.name}_final")
-        return TierModel(name="full", exit_ids=[final], thresholds=[None], is_last=True, next_tier=None,
+        return TierModel(name=FULL, exit_ids=[final], thresholds=[None], is_last=True, next_tier=None,
                          input_shape=manifest.input.shape, input_dtype=manifest.input.dtype, output_shape=None,
                          class_names=manifest.class_names, measure=manifest.confidence,
                          model_name=manifest.model_name, version=manifest.version, model=model,
@@ -248,17 +252,45 @@ def load_bundle(bundle_dir: str | Path) -> dict[str, TierModel]:
     return {t.name: load_bundle_tier(bundle_dir, t.name) for t in manifest.tiers}
 
 
-def load_tier(source: str | Path, tier: str) -> TierModel:
-    """Load a tier from a bundle directory or an MLflow ``models:/APP-<tier>/<version|@alias>`` URI."""
+def registered_bundle(uri: str, tracking_uri: str, cache_dir: str | Path) -> tuple[Path, str]:
+    """(local one-tier bundle directory, the tier it holds) of ``models:/APP-<tier>/<version>`` or
+    ``@<alias>``, downloaded once per model version into ``cache_dir``."""
+    path, _mv = download_registered(uri, tracking_uri, cache_dir)
+    tier = read_manifest(path).metadata.get("registered", {}).get("tier")
+    if tier is None:
+        raise RegistryError(f"{uri}: the bundle manifest does not say which tier it holds (metadata.registered)")
+    return path, tier
+
+
+def load_registered_tier(uri: str, tracking_uri: str, cache_dir: str | Path) -> TierModel:
+    """A ready-to-serve tier from ``models:/APP-<tier>/<version>`` or ``@<alias>``."""
+    path, tier = registered_bundle(uri, tracking_uri, cache_dir)
+    return load_bundle_tier(path, tier)
+
+
+def bundle_dir_of(source: str | Path, tier: str, *, tracking_uri: str | None = None,
+                  cache_dir: str | Path | None = None) -> Path:
+    """The local bundle directory that holds ``tier``: ``source`` itself, or, for a registry URI, the
+    registered tier's bundle downloaded into ``cache_dir`` (needs the MLflow ``tracking_uri``)."""
     src = str(source)
     if src.startswith("models:/"):
-        from ml.registry import load_registered_tier
-
-        tm = load_registered_tier(src)
-        if tier and tm.name != tier:
-            raise ValueError(f"{src} holds tier {tm.name!r}, not the requested tier {tier!r}")
-        return tm
+        if tracking_uri is None or cache_dir is None:
+            raise ValueError(f"loading {src} needs the MLflow tracking URI and a cache directory")
+        path, held = registered_bundle(src, tracking_uri, cache_dir)
+        if tier and held != tier:
+            raise ValueError(f"{src} holds tier {held!r}, not the requested tier {tier!r}")
+        return path
     path = Path(src)
     if not path.is_dir():
         raise FileNotFoundError(f"model source {src!r} is neither a bundle directory nor a models:/ URI")
+    return path
+
+
+def load_tier(source: str | Path, tier: str, *, tracking_uri: str | None = None,
+              cache_dir: str | Path | None = None) -> TierModel:
+    """Load a tier from a bundle directory or an MLflow ``models:/APP-<tier>/<version|@alias>`` URI
+    (a registry URI needs the MLflow ``tracking_uri`` and a ``cache_dir`` for the download)."""
+    path = bundle_dir_of(source, tier, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    if str(source).startswith("models:/"):
+        tier = read_manifest(path).metadata["registered"]["tier"]
     return load_bundle_tier(path, tier)

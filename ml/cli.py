@@ -49,8 +49,8 @@ def _config(run: Path):
 
 
 def _splits(meta, cfg):
-    from ml.datasets import load_dataset
     from ml.pipeline import split_data
+    from ml.sources import load_dataset
 
     train, test = load_dataset(meta["dataset"])
     train = train.subset(meta.get("n_train"), seed=cfg.train.seed)
@@ -76,8 +76,8 @@ def train(
     from dataclasses import asdict
 
     from ml import plots
-    from ml.datasets import load_dataset
     from ml.pipeline import PipelineConfig, _jsonable, fit, split_data
+    from ml.sources import load_dataset
     from ml.training import TrainConfig, exit_metrics, predict_exits
 
     try:
@@ -189,8 +189,8 @@ def evaluate(
 ) -> None:
     """Offline cascade evaluation on the held-out test split (accuracy, tiers, FLOPs, bytes, cloud-only)."""
     from ml import plots
-    from ml.datasets import load_dataset
     from ml.pipeline import evaluate_bundle
+    from ml.sources import load_dataset
 
     try:
         train, test = load_dataset(dataset)
@@ -220,8 +220,8 @@ def run_all(
     seed: int = 0,
 ) -> None:
     """train → calibrate → partition → evaluate in one go (the function the Airflow task calls)."""
-    from ml.datasets import load_dataset
     from ml.pipeline import PipelineConfig, run_pipeline
+    from ml.sources import load_dataset
     from ml.training import TrainConfig
 
     try:
@@ -241,7 +241,7 @@ def report(
     max_train_seconds: Annotated[float, typer.Option(help="training budget (the target is <= 300 s)")] = 260.0,
     seed: int = 0,
 ) -> None:
-    """The benchmark of issue 2: compact model on Fashion-MNIST, figures vs targets (exit 1 if any misses)."""
+    """The default-model benchmark: compact CNN on Fashion-MNIST, figures vs targets (exit 1 if any misses)."""
     from ml.report import format_summary, run_report
 
     summary = run_report(out, epochs=epochs, max_train_seconds=max_train_seconds, seed=seed)

@@ -170,19 +170,3 @@ def load_image_folder(root: str | Path, image_size: tuple[int, int] | None = Non
         examples = ", ".join(f"{s} ({p.name})" for s, p in list(shapes.items())[:3])
         raise ValueError(f"mixed shapes in {root}: {examples}; pass image_size=(H, W) to resize")
     return Dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), classes)
-
-
-def load_dataset(spec: str | Path) -> tuple[Dataset, Dataset | None]:
-    """(train, test) from a spec: ``fashion-mnist``, a shard manifest (``*.json``) or an image folder.
-    Sources without a test split return ``None`` for it (split it off with :meth:`Dataset.split`)."""
-    s = str(spec)
-    if s in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return load_fashion_mnist("train"), load_fashion_mnist("test")
-    p = Path(s)
-    if p.is_file() and p.suffix == ".json":
-        from ml.shards import read_dataset
-
-        return read_dataset(p), None
-    if p.is_dir():
-        return load_image_folder(p), None
-    raise ValueError(f"unknown dataset {s!r}: use 'fashion-mnist', a shard manifest .json or an image folder")

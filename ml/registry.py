@@ -12,10 +12,12 @@ numbers ever diverge; ``RegisteredRelease.uris`` pins each tier's exact model ve
 Aliases: ``candidate`` at registration, ``champion`` after a healthy rollout (`promote`), moved on
 every model of the release together.
 
-Loading (`load_registered_tier`, used by ``ml.bundle.load_tier`` for ``models:/`` URIs, i.e. at every
+Loading (``ml.registry_rest``, used by ``ml.bundle.load_tier`` for ``models:/`` URIs, i.e. at every
 worker start) speaks plain REST to the tracking server and downloads through its artifact proxy into
-a per-version cache under ``$TIERFLOW_HOME/models``: no ``import mlflow``, and a restart of a worker
-does no download at all. Other artifact stores fall back to ``mlflow.artifacts``.
+a per-version cache under the cache directory the caller names (the runtime passes
+``$TIERFLOW_HOME/models``): no ``import mlflow``, and a restart of a worker does no download at all.
+Other artifact stores fall back to ``mlflow.artifacts``. Every function takes the tracking URI as an
+argument; nothing here reads tierflow's settings.
 
 No Kafka, no Airflow here.
 """
@@ -26,25 +28,28 @@ import json
 import os
 import shutil
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FULL = "full"
-CANDIDATE = "candidate"
-CHAMPION = "champion"
-TAG = "tierflow."
+from ml.bundle import load_registered_tier, read_manifest, write_manifest
+from ml.contract import CANDIDATE, CHAMPION, FULL, model_name
+from ml.registry_rest import (
+    BUNDLE_ARTIFACT,
+    TAG,
+    RegistryError,
+    _Rest,
+    _tags,
+    download_registered,
+    parse_models_uri,
+)
+
+__all__ = ["CANDIDATE", "CHAMPION", "FULL", "RegisteredRelease", "RegistryError", "champion_metrics",
+           "download_registered", "export_release", "load_registered_tier", "log_training", "model_name",
+           "parse_models_uri", "promote", "register_bundle", "release_versions", "set_release_alias"]
+
 PYFUNC_CODE = Path(__file__).with_name("tier_pyfunc.py")
-BUNDLE_ARTIFACT = "bundle"  # artifacts/<this>/ inside each model version
-
-
-class RegistryError(RuntimeError):
-    """A registry lookup failed; the message names the model/alias and what to do."""
 
 
 @dataclass
@@ -68,160 +73,6 @@ class RegisteredRelease:
         return {**asdict(self), "uris": self.uris, "tiers": self.tiers}
 
 
-def model_name(app: str, tier: str) -> str:
-    return f"{app}-{tier}"
-
-
-def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """"models:/NAME/VERSION" or "models:/NAME@ALIAS" -> (name, version, alias)."""
-    if not uri.startswith("models:/"):
-        raise ValueError(f"not a registry URI: {uri!r} (expected models:/NAME/VERSION or models:/NAME@ALIAS)")
-    rest = uri[len("models:/"):].strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, None, alias
-    if "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        return name, version, None
-    raise ValueError(f"{uri!r} names no version or alias (models:/{rest}/3 or models:/{rest}@champion)")
-
-
-def _settings(settings: Any = None) -> Any:
-    if settings is not None:
-        return settings
-    from runtime.settings import get_settings
-
-    return get_settings()
-
-
-# -- REST (loading path and cheap queries: no mlflow import) ------------------------------------------
-class _Rest:
-    def __init__(self, tracking_uri: str, timeout_s: float = 30.0):
-        if not tracking_uri.startswith(("http://", "https://")):
-            raise RegistryError(f"tracking URI {tracking_uri!r} is not an MLflow server URL (http://host:port)")
-        self.base = tracking_uri.rstrip("/")
-        self.timeout_s = timeout_s
-
-    def _open(self, url: str, data: bytes | None = None, method: str | None = None) -> bytes:
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        for attempt in range(3):
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - configured URL
-                    return resp.read()
-            except urllib.error.HTTPError:
-                raise
-            except (urllib.error.URLError, OSError) as exc:
-                if attempt == 2:
-                    raise RegistryError(f"MLflow server {self.base} unreachable: {exc}") from exc
-                time.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def get(self, endpoint: str, **params: str) -> dict[str, Any]:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        return json.loads(self._open(f"{self.base}/api/2.0/{endpoint}{query}") or b"{}")
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return json.loads(self._open(f"{self.base}/api/2.0/{path}", json.dumps(body).encode(), "POST") or b"{}")
-
-    def model_version(self, name: str, version: str | None, alias: str | None) -> dict[str, Any]:
-        try:
-            if alias:
-                return self.get("mlflow/registered-models/alias", name=name, alias=alias)["model_version"]
-            return self.get("mlflow/model-versions/get", name=name, version=str(version))["model_version"]
-        except urllib.error.HTTPError as exc:
-            ref = f"@{alias}" if alias else f"/{version}"
-            raise RegistryError(f"models:/{name}{ref} not found on {self.base} ({exc.code}); "
-                                f"register it first or check the name/alias") from exc
-
-    def list_artifacts(self, path: str) -> list[dict[str, Any]]:
-        return self.get("mlflow-artifacts/artifacts", path=path).get("files", [])
-
-    def download(self, path: str, dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        quoted = urllib.parse.quote(path)
-        dest.write_bytes(self._open(f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{quoted}"))
-
-
-def _tags(mv: dict[str, Any]) -> dict[str, str]:
-    return {t["key"]: t.get("value", "") for t in mv.get("tags", [])}
-
-
-def _download_tree(rest: _Rest, root: str, dest: Path) -> None:
-    for entry in rest.list_artifacts(root):
-        rel = entry["path"].rsplit("/", 1)[-1]
-        if entry.get("is_dir"):
-            _download_tree(rest, f"{root}/{rel}", dest / rel)
-        else:
-            rest.download(f"{root}/{rel}", dest / rel)
-
-
-def _fetch_bundle(rest: _Rest, mv: dict[str, Any], dest: Path) -> None:
-    """Download the one-tier bundle of a model version into dest (via the server's artifact proxy)."""
-    source = mv.get("source", "")
-    artifact_uri = None
-    if source.startswith("models:/m-"):
-        model_id = source[len("models:/"):].split("/", 1)[0]
-        artifact_uri = rest.get(f"mlflow/logged-models/{model_id}")["model"]["info"]["artifact_uri"]
-    elif source.startswith("mlflow-artifacts:"):
-        artifact_uri = source
-    if artifact_uri and artifact_uri.startswith("mlflow-artifacts:"):
-        path = urllib.parse.urlparse(artifact_uri).path.lstrip("/")
-        _download_tree(rest, f"{path}/artifacts/{BUNDLE_ARTIFACT}", dest)
-        if (dest / "manifest.json").is_file():
-            return
-    # Any other artifact store (s3:// direct, file:, runs:/): let MLflow resolve it.
-    import mlflow
-
-    mlflow.set_tracking_uri(rest.base)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv['name']}/{mv['version']}",
-                                                     dst_path=str(dest.parent / f".{dest.name}.mlflow")))
-    shutil.copytree(local / "artifacts" / BUNDLE_ARTIFACT, dest, dirs_exist_ok=True)
-    shutil.rmtree(local, ignore_errors=True)
-
-
-def download_registered(uri: str, settings: Any = None, cache_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Local directory of a registered tier's one-tier bundle (cached per model version), and the
-    model version record. Versions are immutable, so a cached copy is reused without a download."""
-    settings = _settings(settings)
-    name, version, alias = parse_models_uri(uri)
-    rest = _Rest(settings.mlflow.tracking_uri)
-    mv = rest.model_version(name, version, alias)
-    cache = (cache_dir or Path(settings.home) / "models") / name / str(mv["version"])
-    if (cache / "manifest.json").is_file():
-        return cache, mv
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{mv['version']}-", dir=cache.parent))
-    try:
-        _fetch_bundle(rest, mv, tmp / "bundle")
-        if not (tmp / "bundle" / "manifest.json").is_file():
-            raise RegistryError(f"{uri} (version {mv['version']}) holds no tier bundle; was it registered by "
-                                "ml.registry.register_bundle?")
-        try:
-            (tmp / "bundle").rename(cache)
-        except OSError:  # another worker finished the same download first
-            if not (cache / "manifest.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache, mv
-
-
-def load_registered_tier(uri: str, settings: Any = None):
-    """A ready-to-serve ``ml.bundle.TierModel`` from ``models:/APP-<tier>/<version>`` or ``@<alias>``."""
-    from ml.bundle import load_bundle_tier, read_manifest
-
-    path, _mv = download_registered(uri, settings)
-    manifest = read_manifest(path)
-    tier = manifest.metadata.get("registered", {}).get("tier")
-    if tier is None:
-        raise RegistryError(f"{uri}: the bundle manifest does not say which tier it holds (metadata.registered)")
-    return load_bundle_tier(path, tier)
-
-
 # -- registration (ML environment: imports mlflow) -------------------------------------------------------
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
@@ -242,8 +93,6 @@ def _max_version(client: Any, name: str) -> int:
 def _one_tier_bundle(bundle_dir: Path, manifest: Any, tier: str, release: str, app: str, run_id: str,
                      dest: Path) -> Any:
     """dest/ = manifest.json (release number, which tier) + the files of that tier only."""
-    from ml.bundle import write_manifest
-
     dest.mkdir(parents=True)
     m = manifest.model_copy(deep=True)
     m.version = release
@@ -277,9 +126,8 @@ def _tier_tags(manifest: Any, tier: str, release: str, run_id: str, dataset_vers
     return {TAG + k: v for k, v in tags.items()}
 
 
-def register_bundle(bundle_dir: str | Path, *, app: str | None = None, run_id: str | None = None,
-                    dataset_version: str | None = None, alias: str | None = CANDIDATE,
-                    settings: Any = None) -> RegisteredRelease:
+def register_bundle(bundle_dir: str | Path, *, app: str, tracking_uri: str, run_id: str | None = None,
+                    dataset_version: str | None = None, alias: str | None = CANDIDATE) -> RegisteredRelease:
     """Register every tier of a bundle (plus the full model) from one MLflow run.
 
     ``run_id``: the training run to attach the models to (default: the active run, else a new run in
@@ -288,14 +136,10 @@ def register_bundle(bundle_dir: str | Path, *, app: str | None = None, run_id: s
     """
     import mlflow
 
-    from ml.bundle import read_manifest
-
-    settings = _settings(settings)
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
-    app = app or settings.app
     dataset_version = dataset_version or manifest.metadata.get("dataset_version")
-    tracking = settings.mlflow.tracking_uri
+    tracking = tracking_uri
     client = _client(tracking)
     mlflow.set_tracking_uri(tracking)
     tiers = [*manifest.tier_names, FULL]
@@ -376,13 +220,12 @@ def _requirements() -> list[str]:
 
 
 # -- aliases and the champion ---------------------------------------------------------------------------
-def release_versions(app: str, ref: str, settings: Any = None) -> dict[str, str]:
+def release_versions(app: str, ref: str, tracking_uri: str) -> dict[str, str]:
     """Model versions of one release: ``ref`` is an alias ("champion", "candidate") or a release number.
 
     An alias is read from ``APP-full`` (always registered) and mapped to its release.
     """
-    settings = _settings(settings)
-    rest = _Rest(settings.mlflow.tracking_uri)
+    rest = _Rest(tracking_uri)
     release = ref
     if not ref.isdigit():
         release = _tags(rest.model_version(model_name(app, FULL), None, ref)).get(TAG + "release", "")
@@ -398,11 +241,10 @@ def release_versions(app: str, ref: str, settings: Any = None) -> dict[str, str]
     return found
 
 
-def set_release_alias(app: str, ref: str, alias: str, settings: Any = None) -> dict[str, str]:
+def set_release_alias(app: str, ref: str, alias: str, tracking_uri: str) -> dict[str, str]:
     """Point ``alias`` at every model of a release (``ref``: release number or another alias)."""
-    settings = _settings(settings)
-    versions = release_versions(app, ref, settings)
-    rest = _Rest(settings.mlflow.tracking_uri)
+    versions = release_versions(app, ref, tracking_uri)
+    rest = _Rest(tracking_uri)
     # Tiers first, the full model last: APP-full@alias is what release_versions() reads.
     for tier in sorted(versions, key=lambda t: t == FULL):
         rest.post("mlflow/registered-models/alias",
@@ -410,15 +252,14 @@ def set_release_alias(app: str, ref: str, alias: str, settings: Any = None) -> d
     return versions
 
 
-def promote(app: str, ref: str, settings: Any = None) -> dict[str, str]:
+def promote(app: str, ref: str, tracking_uri: str) -> dict[str, str]:
     """``champion`` -> the release (after a healthy rollout); returns its model versions."""
-    return set_release_alias(app, ref, CHAMPION, settings)
+    return set_release_alias(app, ref, CHAMPION, tracking_uri)
 
 
-def champion_metrics(app: str, settings: Any = None) -> dict[str, Any] | None:
+def champion_metrics(app: str, tracking_uri: str) -> dict[str, Any] | None:
     """What the gate compares against: the champion release's run metrics, or None if there is none."""
-    settings = _settings(settings)
-    rest = _Rest(settings.mlflow.tracking_uri)
+    rest = _Rest(tracking_uri)
     try:
         mv = rest.model_version(model_name(app, FULL), None, CHAMPION)
     except RegistryError:
@@ -431,17 +272,15 @@ def champion_metrics(app: str, settings: Any = None) -> dict[str, Any] | None:
             "thresholds": json.loads(tags.get(TAG + "all_thresholds", "{}"))}
 
 
-def export_release(app: str, ref: str, out_dir: str | Path, settings: Any = None) -> Path:
-    """Rebuild a complete local bundle directory (all tiers + full model) from a registered release."""
-    from ml.bundle import read_manifest, write_manifest
-
-    settings = _settings(settings)
-    versions = release_versions(app, ref, settings)
+def export_release(app: str, ref: str, out_dir: str | Path, tracking_uri: str, cache_dir: str | Path) -> Path:
+    """Rebuild a complete local bundle directory (all tiers + full model) from a registered release
+    (downloads are cached under ``cache_dir``, as for ``download_registered``)."""
+    versions = release_versions(app, ref, tracking_uri)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = None
     for tier, version in versions.items():
-        path, _ = download_registered(f"models:/{model_name(app, tier)}/{version}", settings)
+        path, _ = download_registered(f"models:/{model_name(app, tier)}/{version}", tracking_uri, cache_dir)
         for f in path.iterdir():
             if f.name != "manifest.json":
                 shutil.copy2(f, out / f.name)

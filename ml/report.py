@@ -1,4 +1,4 @@
-"""The issue's "what it must show" benchmark: the default compact model on Fashion-MNIST, trained within
+"""The default-model benchmark: the default compact model on Fashion-MNIST, trained within
 a time budget on this machine, calibrated (tolerance 1.0 point), partitioned and evaluated on the test set.
 
 Prints the figures with pass/fail against the targets, and the machine it ran on. Not a timed test.

@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ml.datasets import Dataset
+
 SHARDS_FORMAT = "tierflow.shards/1"
 
 
@@ -175,8 +177,6 @@ def read_dataset(manifest: ShardManifest | bytes | str | dict | Path, fetch: Cal
     ``fetch(key) -> bytes`` gets a shard (e.g. from S3); by default keys are files relative to the
     manifest's directory (when ``manifest`` is a path).
     """
-    from ml.datasets import Dataset
-
     base = None
     if isinstance(manifest, Path) or (isinstance(manifest, str) and manifest.endswith(".json") and Path(manifest).is_file()):
         base = Path(manifest).parent

@@ -178,13 +178,13 @@ class _Run:
 
     def __init__(self, settings: Any, class_names: list[str] | None, shape: Sequence[int] | None,
                  dtype: str | None, on_event: Callable[[IngestEvent], None] | None):
-        from plugins.hooks.s3 import DatasetStore
+        from plugins.hooks.datasets import DatasetStoreHook
 
         self.settings = settings
         self.cfg = settings.ingest
         self.topic = settings.topic("training")
         self.dlq_topic = settings.topic("dlq")
-        self.store = DatasetStore.from_settings(settings)
+        self.store = DatasetStoreHook(settings=settings).store()
         self.layout = Layout(self.cfg.prefix, settings.app)
         self.prev_key, self.prev = latest_manifest(self.store, self.layout)
         self.class_names = list(class_names or (self.prev.class_names if self.prev else _default_classes()))
@@ -515,9 +515,11 @@ def ingest(settings: Any = None, *, class_names: list[str] | None = None, sample
     Settings.ingest. `on_event` sees every upload/commit (progress displays; tests use it to crash a
     run between an upload and its commit).
     """
+    from plugins.hooks.kafka import KafkaClusterHook
     from runtime.settings import get_settings
 
-    settings = settings or get_settings()
+    # The Kafka cluster of Airflow Connection `tierflow_kafka` if one is defined, else the settings'.
+    settings = KafkaClusterHook(settings=settings or get_settings()).client_settings()
     if settings.ingest.shard_records < 1:
         raise ValueError(f"ingest.shard_records must be >= 1, got {settings.ingest.shard_records}")
     if settings.ingest.upload_concurrency < 1:

@@ -1,4 +1,8 @@
-"""The `tierflow` command: one entry point, sub-commands per layer. Heavy imports stay inside commands."""
+"""The data-plane commands of `tierflow` (broker, worker, serve-local, simulate, publish-training).
+
+The assembled `tierflow` command (`tierflow_cli`) adds these to its own; `python -m runtime.cli` runs
+them alone (rollout backends need only `worker`). Heavy imports stay inside commands.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,7 @@ from pathlib import Path
 
 import typer
 
-from infra.continuum.cli import app as continuum_app
-from infra.local.cli import app as stack_app
-from ml.cli import app as ml_app
-
 app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
-app.add_typer(ml_app, name="ml", help="Train, calibrate, partition and evaluate multi-exit models.")
-app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack.")
-app.add_typer(continuum_app, name="continuum", help="Edge, fog and cloud as emulated sites with real link delay, "
-                                                    "bandwidth and CPU limits (needs root).")
 
 
 @app.command()
@@ -60,41 +56,21 @@ def worker(
 
     settings = get_settings()
     setup_logging(settings.worker.log_level, settings.worker.json_logs)
+    from ml.bundle import bundle_dir_of
     from runtime.worker import WorkerError, serve
 
     try:
-        serve(settings, tier, model_uri, http_port)
+        # A models:/ URI is resolved here (download into $TIERFLOW_HOME/models, once per model version),
+        # so the worker is handed a local bundle directory and ml/ never reads settings.
+        source = bundle_dir_of(model_uri, tier, tracking_uri=settings.mlflow.tracking_uri,
+                               cache_dir=settings.home / "models")
+        serve(settings, tier, str(source), http_port)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         typer.echo(f"error: cannot serve tier {tier!r} from {model_uri!r}: {exc}", err=True)
         raise typer.Exit(2) from exc
     except WorkerError as exc:
         typer.echo(f"error: {tier} worker stopped: {exc}", err=True)
         raise typer.Exit(3) from exc
-
-
-@app.command()
-def demo(
-    train_samples: int = typer.Option(60000, help="Fashion-MNIST training samples streamed into APP.training."),
-    epochs: int = typer.Option(5, help="Training epochs (pipeline parameter)."),
-    requests: int = typer.Option(2000, help="Test requests streamed through the tiers at the end."),
-    rate: float = typer.Option(200.0, help="Requests per second of the test stream."),
-    keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack and tier workers up."),
-    stop: bool = typer.Option(False, "--stop", help="Only stop what a --keep-running demo left up."),
-    screenshots: str = typer.Option(None, help="Directory for PNG screenshots of the Airflow grid and MLflow "
-                                               "registry (needs Debian's chromium)."),
-) -> None:
-    """The whole pipeline end to end on the embedded stack (implemented in infra.local.demo)."""
-    from infra.local import demo as demo_mod
-
-    if stop:
-        demo_mod.stop_everything()
-        return
-    try:
-        demo_mod.run_demo(train_samples=train_samples, epochs=epochs, requests=requests, rate=rate,
-                          keep_running=keep_running, screenshots=screenshots)
-    except Exception as exc:  # noqa: BLE001 - one clear line for the user; details were printed above
-        typer.echo(f"error: demo failed: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @app.command("serve-local")
@@ -109,8 +85,9 @@ def serve_local(
     import signal
     import threading
 
+    from ml.contract import CLOUD_ONLY, TIERS
     from runtime.broker import EmbeddedBroker, port_open
-    from runtime.local import CLOUD_ONLY, TIERS_3, LocalDeployment, WorkerProcessError
+    from runtime.local import LocalDeployment, WorkerProcessError
     from runtime.settings import get_settings
 
     settings = get_settings()
@@ -124,7 +101,7 @@ def serve_local(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     deployment = LocalDeployment(settings, model_uri, settings.home / "logs",
-                                 tiers=CLOUD_ONLY if cloud_only else TIERS_3)
+                                 tiers=CLOUD_ONLY if cloud_only else TIERS)
     try:
         deployment.start()
         for tier, w in deployment.workers.items():

@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,18 @@ REPLY_TO = "tf-reply-to"
 CONTENT_TYPE = "tf-content-type"
 LABEL = "tf-label"
 ERROR = "tf-error"
-# Not in the required set: which tier and exit produced a forwarded record (for tracing / DLQ).
+# Set by the workers, not by clients: which tier produced a record, and where its request entered
+# (``partition/offset`` on APP.requests), which tells a replayed request from a reused request id.
 SOURCE_TIER = "tf-source-tier"
+ENTRY = "tf-entry-offset"
+# Dead letters: the reason's kind, where the record came from (topic/partition/offset), its original
+# size and whether its value or headers were cut to fit.
+ERROR_KIND = "tf-error-kind"
+DLQ_ORIGIN = "tf-dlq-origin"
+DLQ_SIZE = "tf-dlq-size"
+DLQ_TRUNCATED = "tf-dlq-truncated"
+
+MAX_REQUEST_ID = 256  # characters of tf-request-id
 
 TENSOR = "application/x-tensor"
 PNG = "image/png"
@@ -165,6 +176,70 @@ def encode_result(result: dict[str, Any]) -> bytes:
     return json.dumps(result, separators=(",", ":")).encode()
 
 
+def _json_float(x: float) -> str:
+    return repr(x) if math.isfinite(x) else json.dumps(x)
+
+
+class AnswerEncoder:
+    """Result JSON bodies and record headers of one tier's answers, from parts built once.
+
+    ``body`` equals ``encode_result`` of the same fields byte for byte (tests/unit/runtime/test_answer_encoding.py)
+    without building a dict per answer; it is on the hot path of every worker.
+    """
+
+    def __init__(self, tier: str, version: str, model_name: str, class_name: Any):
+        self._class_name = class_name
+        self._class_json: dict[int, str] = {}
+        self._tier_json = f'"tier":{_json_str(tier)},"model_version":{_json_str(version)}'
+        self._headers = make_headers("", model=model_name, version=version, content_type=JSON,
+                                     tf_source_tier=tier)[1:]
+        self._const_bytes = len(REQUEST_ID) + len(ENTRY) + sum(len(k) + len(v) for k, v in self._headers)
+
+    def body(self, request_id: str, label: int, confidence: float, exit_id: int, tier_latency_ms: int,
+             latency_ms: int | None, degraded: bool) -> bytes:
+        class_json = self._class_json.get(label)
+        if class_json is None:
+            class_json = self._class_json[label] = _json_str(self._class_name(label))
+        return (f'{{"request_id":{_json_str(request_id)},"label":{label},"class_name":{class_json},'
+                f'"confidence":{_json_float(confidence)},"exit":{exit_id},{self._tier_json},'
+                f'"tier_latency_ms":{tier_latency_ms},"latency_ms":{"null" if latency_ms is None else latency_ms},'
+                f'"degraded":{"true" if degraded else "false"}}}').encode()
+
+    def headers(self, request_id: bytes, entry: bytes) -> tuple[list[tuple[str, bytes]], int]:
+        """Headers of an answer and their size in bytes."""
+        return ([(REQUEST_ID, request_id), *self._headers, (ENTRY, entry)],
+                self._const_bytes + len(request_id) + len(entry))
+
+
+class ForwardHeaders:
+    """Headers of the activation records one tier sends up (= make_headers of the same values, in order)."""
+
+    def __init__(self, tier: str, version: str, model_name: str):
+        self._model = (MODEL, model_name.encode())
+        self._version = (VERSION, version.encode())
+        self._tail = make_headers("", content_type=TENSOR, tf_source_tier=tier)[1:]
+        self._const_bytes = sum(len(k) + len(v) for k, v in (self._model, self._version, *self._tail)) \
+            + len(REQUEST_ID) + len(ORIGIN_TS) + len(DEADLINE) + len(ENTRY)
+
+    def build(self, request_id: bytes, origin_ts: int, deadline: int, reply_to: str | None,
+              entry: bytes) -> tuple[list[tuple[str, bytes]], int]:
+        origin_b, deadline_b = str(origin_ts).encode(), str(deadline).encode()
+        size = self._const_bytes + len(request_id) + len(origin_b) + len(deadline_b) + len(entry)
+        head = [(REQUEST_ID, request_id), self._model, self._version, (ORIGIN_TS, origin_b), (DEADLINE, deadline_b)]
+        if reply_to:
+            reply_b = reply_to.encode()
+            head.append((REPLY_TO, reply_b))
+            size += len(REPLY_TO) + len(reply_b)
+        return [*head, *self._tail, (ENTRY, entry)], size
+
+
+def readable(text: str, limit: int = 300) -> str:
+    """A reason or header value fit for a DLQ header or a log line: printable ASCII, at most ``limit`` chars."""
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
 def decode_result(data: bytes) -> dict[str, Any]:
     try:
         result = json.loads(data)
@@ -181,27 +256,29 @@ def _from_image(data: bytes, shape: Sequence[int]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     channels = shape[-1] if len(shape) == 3 else 1
+    height, width = shape[0], shape[1]
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            height, width = shape[0], shape[1]
+            # The size is in the header: check it before decoding any pixels (no decompression bombs).
             if img.size != (width, height):
                 raise CodecError(f"image is {img.size[0]}x{img.size[1]}, the model takes {width}x{height}")
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except CodecError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CodecError(f"not a readable image: {exc}") from exc
 
 
 def _from_json(data: bytes) -> np.ndarray:
     try:
         value = json.loads(data)
-    except (ValueError, TypeError) as exc:
-        raise CodecError(f"not valid JSON: {exc}") from exc
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CodecError(f"not valid JSON: {type(exc).__name__}: {exc}") from exc
     if isinstance(value, dict):
         value = value.get("instances", value.get("data"))
     try:
         arr = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CodecError("JSON input must be a (nested) list of numbers, or {\"data\": [...]}") from exc
     if arr.ndim == 0:
         raise CodecError("JSON input must be a (nested) list of numbers, or {\"data\": [...]}")

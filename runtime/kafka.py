@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ml.contract import TOPIC_KINDS
 from runtime.settings import Settings
 
 
@@ -84,7 +85,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str], bootstrap: str | No
 
 def app_topics(settings: Settings) -> list[str]:
     """The version-independent topics of the data-plane contract."""
-    return [settings.topic(kind) for kind in ("requests", "results", "dlq", "training", "feedback")]
+    return [settings.topic(kind) for kind in TOPIC_KINDS]
 
 
 def link_topics(settings: Settings, version: str, tiers: list[str]) -> list[str]:

@@ -1,4 +1,9 @@
-"""Tier workers as supervised local processes: the embedded deployment and the tests' 3-tier setup."""
+"""Tier workers as local processes watched by the caller: `tierflow serve-local` and the tests.
+
+Each worker is started, probed and stopped by the one local launcher (`runtime.launcher`), as the
+rollout backend's supervised workers are; here the caller restarts crashed workers
+(`LocalDeployment.supervise_once`) and can kill one on purpose (fault injection).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.localhost import free_port, http_status
+from ml.contract import TIERS
+from runtime.launcher import free_port, http_status, log_tail, spawn, stop_group
 from runtime.settings import Settings, settings_env
-
-TIERS_3 = ("edge", "fog", "cloud")
-CLOUD_ONLY = ("full",)
 
 
 class WorkerProcessError(RuntimeError):
@@ -40,11 +43,8 @@ class WorkerProcess:
                 self.model_uri, "--http-port", str(self.http_port)]
 
     def start(self) -> WorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=Path(__file__).resolve().parent.parent)
+        self.proc = spawn(f"{self.tier} worker", self.argv, self.env, self.log_path,
+                          cwd=Path(__file__).resolve().parent.parent, error=WorkerProcessError)
         self.restarts += 1
         return self
 
@@ -55,9 +55,7 @@ class WorkerProcess:
         return self.alive() and http_status(f"http://127.0.0.1:{self.http_port}/readyz") == 200
 
     def log_tail(self, limit: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
-        return ""
+        return log_tail(self.log_path, limit)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -79,13 +77,8 @@ class WorkerProcess:
         """SIGTERM (graceful drain), SIGKILL after timeout_s; returns the exit code."""
         if self.proc is None:
             return None
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-        return self.proc.returncode
+        stop_group(self.proc.pid, self.proc, timeout_s)
+        return self.proc.wait(10)
 
     def kill(self) -> None:
         """kill -9: no drain, no flush, no commit (for fault-injection)."""
@@ -97,7 +90,7 @@ class WorkerProcess:
 class LocalDeployment:
     """One worker per tier; starts downstream tiers first, stops upstream first, restarts crashed ones."""
 
-    def __init__(self, settings: Settings, model_uri: str | Path, log_dir: Path, tiers: tuple[str, ...] = TIERS_3,
+    def __init__(self, settings: Settings, model_uri: str | Path, log_dir: Path, tiers: tuple[str, ...] = TIERS,
                  env: dict[str, str] | None = None):
         self.workers = {t: WorkerProcess(settings, t, str(model_uri), log_dir, env=env) for t in tiers}
 

@@ -1,14 +1,11 @@
-"""Prometheus metrics of a tier worker and its HTTP endpoints (/healthz, /readyz, /metrics)."""
+"""Prometheus metrics of a tier worker (served by `runtime.health.HealthServer` on /metrics)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -20,11 +17,13 @@ class WorkerMetrics:
     def __init__(self, tier: str, version: str):
         self.registry = CollectorRegistry()
         r, labels = self.registry, {"tier": tier, "version": version}
-        self.records = Counter("tierflow_records", "Records consumed, by outcome "
-                               "(answered, forwarded, dlq)", ["tier", "version", "outcome"], registry=r)
+        self.records = Counter("tierflow_records", "What the tier did, by outcome: answered (every answer it "
+                               "published, degraded ones included), forwarded, expired (reached this upper tier "
+                               "after its window closed; the tier below answers), replayed (already answered), dlq",
+                               ["tier", "version", "outcome"], registry=r)
         self.exits = Counter("tierflow_exit_answers", "Answers per exit", ["tier", "version", "exit"], registry=r)
-        self.degraded = Counter("tierflow_degraded_answers", "Degraded answers published after a missed deadline",
-                                ["tier", "version"], registry=r).labels(**labels)
+        self.degraded = Counter("tierflow_degraded_answers", "Answers published with degraded=true (the upper "
+                                "tiers missed the deadline)", ["tier", "version"], registry=r).labels(**labels)
         self.dlq = Counter("tierflow_dlq_records", "Records sent to the dead-letter topic, by reason kind",
                            ["tier", "version", "reason"], registry=r)
         self.batch_size = Histogram("tierflow_batch_size", "Records per micro-batch", ["tier", "version"],
@@ -41,6 +40,11 @@ class WorkerMetrics:
         self.lag = Gauge("tierflow_consumer_lag", "Records behind the end of the input topic (librdkafka "
                          "statistics; needs a broker with correct high watermarks)", ["tier", "version"],
                          registry=r).labels(**labels)
+        self.clock_correction = Gauge("tierflow_clock_correction_seconds", "How far this tier's clock is "
+                                      "moved forward to the clock of the tier below", ["tier", "version"],
+                                      registry=r).labels(**labels)
+        self.answer_memory = Gauge("tierflow_answer_memory", "Request ids known to be answered",
+                                   ["tier", "version"], registry=r).labels(**labels)
         self.bytes_out = Counter("tierflow_bytes_out", "Bytes produced (key + value + headers), by topic",
                                  ["tier", "version", "topic"], registry=r)
         self._labels = labels
@@ -85,49 +89,3 @@ def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> 
     for bucket, n in zip(histogram._buckets, counts.tolist(), strict=True):
         if n:
             bucket.inc(n)
-
-
-class HealthServer:
-    """Tiny HTTP server in a daemon thread; `ready` and `alive` are callables evaluated per request."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
-                 alive: Callable[[], bool]):
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = outer.alive()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
-                elif path == "/readyz":
-                    ok = outer.ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.registry, self.ready, self.alive = registry, ready, alive
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
-
-    def start(self) -> HealthServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

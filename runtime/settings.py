@@ -16,10 +16,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml import contract
+
 ENV_PREFIX = "TIERFLOW_"
 
 
-def _default_home() -> Path:
+def default_home() -> Path:
+    """$TIERFLOW_HOME, else ./.tierflow: where the stack, workers, logs and model cache live."""
     return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.cwd() / ".tierflow")).resolve()
 
 
@@ -53,16 +56,23 @@ class WorkerSettings(BaseModel):
 
     max_batch: int = 64
     max_wait_ms: int = 5
-    # Deadline given to a request by the client when it sets none; a tier that forwarded a request and
-    # sees no answer by then publishes its own prediction with degraded=true.
+    # Deadline given to a request whose client set none (tf-deadline); deadlines further ahead than
+    # max_deadline_ms are clamped (a forwarding tier holds a request's offset until it is answered).
     default_deadline_ms: int = 2000
-    # How long after the deadline a tier waits before answering degraded; lower tiers wait longer so
-    # that the highest live tier answers first and the others see its answer and stay quiet.
-    degrade_grace_ms: int = 150
+    max_deadline_ms: int = 60_000
+    # Answer ownership (README "Who answers"): tier i of n publishes for a request only until
+    # deadline + degrade_grace_ms * (n-1-i); a tier that forwarded and saw no answer by then answers
+    # degraded. Must exceed the time an answer takes to reach the tier below on APP.results.
+    degrade_grace_ms: int = 250
+    # Values larger than this are dead-lettered; dead-letter copies are cut to dlq_max_bytes (below the
+    # producer's and brokers' 1 MB message.max.bytes defaults).
     max_record_bytes: int = 4 * 1024 * 1024
-    # A tier that watches APP.results skips records whose request was already answered (replays after a
-    # crash); needs request ids to be unique, which the contract requires.
-    skip_answered: bool = True
+    dlq_max_bytes: int = 256 * 1024
+    # Answers remembered (read back from APP.results on start) so that a replayed record is not answered
+    # twice: must exceed the longest outage of a tier plus max_deadline_ms.
+    answer_memory_s: int = 600
+    # Fault injection: shift this worker's clock by this many ms (tests of clock skew across sites).
+    clock_skew_ms: int = 0
     # How often the consumer lag gauge is refreshed from librdkafka statistics (0 = off).
     lag_interval_ms: int = 5000
     # Activations between tiers: "float32" keeps decisions identical to the offline evaluation,
@@ -168,12 +178,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
-        env_file=str(_default_home() / "stack.env"),
+        env_file=str(default_home() / "stack.env"),
         extra="ignore",
     )
 
     app: str = "fmnist"
-    home: Path = Field(default_factory=_default_home)
+    home: Path = Field(default_factory=default_home)
     # Python interpreter of the ML environment, used by Airflow's external-python tasks.
     ml_python: str | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -187,10 +197,10 @@ class Settings(BaseSettings):
 
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
-        return f"{self.app}.{kind}"
+        return contract.topic(self.app, kind)
 
     def link_topic(self, version: str | int, src: str, dst: str) -> str:
-        return f"{self.app}.v{version}.{src}-{dst}"
+        return contract.link_topic(self.app, version, src, dst)
 
 
 @lru_cache

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import threading
@@ -48,7 +47,7 @@ from infra.local.services import (
     configured_extra_ports,
     main_ports,
 )
-from runtime.settings import ENV_PREFIX, Settings
+from runtime.settings import ENV_PREFIX, Settings, default_home
 
 Event = Callable[[str, str], None]  # (service, message) for progress displays
 
@@ -63,10 +62,6 @@ ENV_FILE_KEYS = {  # stack.env key -> how to read it from Settings
     "AIRFLOW__USERNAME": lambda s: s.airflow.username,
     "AIRFLOW__PASSWORD": lambda s: s.airflow.password.get_secret_value() if s.airflow.password else None,
 }
-
-
-def default_home() -> Path:
-    return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.cwd() / ".tierflow")).resolve()
 
 
 def load_settings(home: Path | None = None) -> Settings:

@@ -1,4 +1,8 @@
-"""The S3 object store of datasets (SeaweedFS locally, any S3 at scale), through boto3."""
+"""The S3 object store of datasets (SeaweedFS locally, any S3 at scale), through boto3.
+
+No Airflow here: the ML environment reads shards through it too. Airflow tasks get their store from
+`plugins.hooks.datasets.DatasetStoreHook` (an Airflow Connection, else these settings).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,31 @@ from typing import Any
 
 from runtime.settings import Settings
 
+# botocore Config of every dataset client: path-style addressing (SeaweedFS, MinIO), and checksums only
+# where the API requires them: SigV4 already hashes every payload (SHA-256, over plain HTTP) and shards
+# carry their own SHA-256, so botocore's default extra CRC32 pass is waste.
+CLIENT_CONFIG: dict[str, Any] = {
+    "s3": {"addressing_style": "path"}, "retries": {"max_attempts": 5, "mode": "standard"},
+    "connect_timeout": 5, "read_timeout": 60, "max_pool_connections": 16,
+    "request_checksum_calculation": "when_required"}
+
 
 def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for Settings.s3 (path-style addressing: works with SeaweedFS and MinIO)."""
+    """A boto3 S3 client for Settings.s3."""
     import boto3
     from botocore.config import Config
 
     s3 = settings.s3
-    # Checksums only where the API requires them: SigV4 already hashes every payload (SHA-256, over
-    # plain HTTP) and shards carry their own SHA-256, so botocore's default extra CRC32 pass is waste.
     client = boto3.client(
         "s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
         aws_access_key_id=s3.access_key_id,
         aws_secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
-                      connect_timeout=5, read_timeout=60, max_pool_connections=16,
-                      request_checksum_calculation="when_required"))
+        config=Config(**CLIENT_CONFIG))
+    return register_known_sha256(client)
+
+
+def register_known_sha256(client: Any) -> Any:
+    """Let `DatasetStore.put_bytes` hand SigV4 the SHA-256 it already has (see `_known_payload_sha256`)."""
     client.meta.events.register("before-sign.s3.PutObject", _known_payload_sha256)
     return client
 

@@ -37,11 +37,11 @@ def resolve_dataset_uri(param: str, events: Any = None, settings: Any = None) ->
     uri = uri_from_events(events)
     if uri:
         return uri
-    from plugins.hooks.s3 import DatasetStore
+    from plugins.hooks.datasets import DatasetStoreHook
     from runtime.settings import get_settings
 
     settings = settings or get_settings()
-    store = DatasetStore.from_settings(settings)
+    store = DatasetStoreHook(settings=settings).store()
     try:
         key = newest_manifest_key(list(store.keys(f"{settings.ingest.prefix}/{settings.app}/")))
     except Exception as exc:  # noqa: BLE001 - any S3 trouble: say so and use the built-in data

@@ -14,22 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from plugins.rollout.base import Release, RolloutBackend, TierSpec
+from plugins.rollout.base import Release, RolloutBackend, TierWorkerSpec
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, RolloutOutcome, rollout
 
 CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different from the gate's subset
 
 
-def registered_model_name(app: str, tier: str) -> str:
-    return f"{app}-{tier}"
-
-
 def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
                  http_port: int = 9100, replicas: int = 1) -> Release:
-    """One TierSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
+    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
     port = 0 if backend == "local" else http_port
     return Release(app, str(release), tuple(
-        TierSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
+        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
 
 
 def make_backend(kind: str, settings: Any) -> RolloutBackend:
@@ -96,8 +92,11 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
     if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
+    from plugins.hooks.kafka import KafkaClusterHook
     from plugins.hooks.mlflow import MlflowRegistryHook
 
+    # Workers and the canary use the Kafka cluster of Airflow Connection `tierflow_kafka`, else the settings'.
+    settings = KafkaClusterHook(settings=settings).client_settings()
     backend = backend or make_backend(cfg["backend"], settings)
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
                            backend=cfg["backend"], http_port=settings.worker.http_port)
@@ -112,5 +111,5 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(
         backend, release, canary=canary, policy=policy,
-        promote=promote or (lambda v: log(f"champion -> release {v}: {MlflowRegistryHook(settings).promote(v)}")),
+        promote=promote or (lambda v: log(f"champion -> release {v}: {MlflowRegistryHook(settings=settings).promote(v)}")),
         drain=lambda v, t: time.sleep(drain_s), log=log)

@@ -50,14 +50,13 @@ def load_training_data(dataset_uri: str, settings: Any):
 def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: str) -> dict[str, Any]:
     """Train, calibrate, partition and evaluate (ml.pipeline) on the dataset version; log params, metrics and
     plots to one MLflow run. Returns what gate/register/deploy need (JSON-able)."""
-    import dataclasses
 
     import mlflow
 
     from ml.datasets import load_fashion_mnist
-    from ml.pipeline import PipelineConfig
     from ml.pipeline import train_calibrate_partition as run_ml_pipeline
     from ml.registry import log_training
+    from plugins.pipeline.params import ml_options
     from runtime.settings import get_settings
 
     settings = get_settings()
@@ -67,16 +66,9 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
         data = data.subset(int(cfg["max_train_samples"]), seed=0)
     test = load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)  # the same split for every gate
     options: dict[str, Any] = {
-        "architecture": cfg["architecture"], "tier_map": cfg["tier_map"], "measure": cfg["confidence"],
-        "tolerance": cfg["accuracy_tolerance"], "objective": cfg["objective"], "epochs": int(cfg["epochs"]),
-        "exit_weights": cfg.get("exit_loss_weights"), "model_name": settings.app, "tflite": False,
+        **ml_options(cfg), "model_name": settings.app, "tflite": False,
         "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri},
     }
-    if cfg.get("cost_weights"):
-        if "tier_costs" not in {f.name for f in dataclasses.fields(PipelineConfig)}:
-            raise ValueError("cost_weights is not supported by this ml.pipeline version; leave it empty and use "
-                             "objective 'early'")
-        options["tier_costs"] = cfg["cost_weights"]
     run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     mlflow.set_experiment(settings.app)
@@ -100,7 +92,8 @@ def gate_step(cfg: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     from ml.registry import champion_metrics
     from runtime.settings import get_settings
 
-    champion = champion_metrics(get_settings().app)
+    settings = get_settings()
+    champion = champion_metrics(settings.app, settings.mlflow.tracking_uri)
     verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"])
     if not verdict["passed"]:
         raise RuntimeError(f"gate: candidate rejected, champion kept: {verdict['reason']}")
@@ -124,7 +117,10 @@ def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, mar
 def register_step(trained: dict[str, Any]) -> dict[str, Any]:
     """Every tier + the full model, from the training run, alias `candidate`."""
     from ml.registry import register_bundle
+    from runtime.settings import get_settings
 
-    release = register_bundle(trained["bundle_dir"], run_id=trained["run_id"],
+    settings = get_settings()
+    release = register_bundle(trained["bundle_dir"], app=settings.app, tracking_uri=settings.mlflow.tracking_uri,
+                              run_id=trained["run_id"],
                               dataset_version=trained["dataset_version"])
     return release.as_dict()

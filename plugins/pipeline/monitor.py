@@ -85,8 +85,10 @@ def read_window(settings: Any, *, idle_s: float = 3.0, max_s: float = 60.0) -> t
     """New results and feedback since the last run (plus results still waiting for feedback)."""
     from confluent_kafka import Consumer, KafkaError
 
+    from plugins.hooks.kafka import KafkaClusterHook
     from runtime.kafka import consumer_config, ensure_topics
 
+    settings = KafkaClusterHook(settings=settings).client_settings()  # an Airflow Connection, else settings
     topics = [settings.topic("results"), settings.topic("feedback")]
     ensure_topics(settings, topics)
     state_file = Path(settings.home) / "monitor" / f"{settings.app}.json"
@@ -152,7 +154,7 @@ def expected_tier_fractions(settings: Any) -> dict[str, float] | None:
 def _champion_tier_fractions(settings: Any) -> dict[str, float] | None:
     from plugins.hooks.mlflow import MlflowRegistryHook
 
-    champion = MlflowRegistryHook(settings).champion_metrics()
+    champion = MlflowRegistryHook(settings=settings).champion_metrics()
     if not champion:
         return None
     metrics = champion["metrics"]

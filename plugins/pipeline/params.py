@@ -9,14 +9,16 @@ parameter and says what to fix. Pure Python: no TensorFlow, no Airflow (the DAG 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, make_dataclass
 from typing import Any
 
-ARCHITECTURES = ("compact", "b_alexnet", "vgg")
+from ml.architectures import ARCHITECTURES
+from ml.confidence import MEASURES
+from ml.contract import TIERS
+
 BACKENDS = ("local", "kubernetes")
-CONFIDENCE = ("max_softmax", "entropy")
+CONFIDENCE = MEASURES
 OBJECTIVES = ("early", "cost")
-KNOWN_TIERS = ("edge", "fog", "cloud")
 
 
 class ParamError(ValueError):
@@ -62,30 +64,37 @@ def defaults() -> dict[str, Any]:
     return {name: spec[0] for name, spec in PARAM_SPECS.items()}
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    architecture: str = "compact"
-    epochs: int = 3
-    exit_loss_weights: list[float] | None = None
-    tier_map: dict[str, list[int | str]] = field(default_factory=lambda: {"edge": [0], "fog": [1], "cloud": [2]})
-    accuracy_tolerance: float = 1.0
-    objective: str = "early"
-    cost_weights: list[float] | None = None
-    confidence: str = "max_softmax"
-    max_train_samples: int = 0
-    gate_margin: float = 0.01
-    backend: str = "local"
-    canary_requests: int = 200
-    canary_max_p95_ms: float = 3000.0
-    canary_accuracy_drop: float = 0.1
-    dataset: str = ""
+# DAG parameter -> option of ``ml.pipeline.train_calibrate_partition`` (a field of ml.pipeline's
+# PipelineConfig or of ml.training's TrainConfig): the one place the two vocabularies meet. The DAG keeps
+# its user-facing names; tests/unit/plugins/test_pipeline_params.py checks that every target exists on
+# the ML side, so a field renamed on one side only fails the suite.
+ML_OPTIONS: dict[str, str] = {
+    "architecture": "architecture",
+    "epochs": "epochs",
+    "exit_loss_weights": "exit_weights",
+    "tier_map": "tier_map",
+    "accuracy_tolerance": "tolerance",
+    "objective": "objective",
+    "cost_weights": "tier_costs",
+    "confidence": "measure",
+}
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @property
-    def tier_map_text(self) -> str:
-        return ";".join(f"{t}={'+'.join(str(e) for e in ex)}" for t, ex in self.tier_map.items())
+def _tier_map_text(self: Any) -> str:
+    return ";".join(f"{t}={'+'.join(str(e) for e in ex)}" for t, ex in self.tier_map.items())
+
+
+# The validated parameters of one pipeline run: one field per entry of PARAM_SPECS (generated, so the
+# form, the validation and the typed result cannot disagree on a name).
+PipelineParams = make_dataclass(
+    "PipelineParams", list(PARAM_SPECS), frozen=True,
+    namespace={"to_dict": lambda self: asdict(self), "tier_map_text": property(_tier_map_text),
+               "__doc__": "The validated parameters of one pipeline run (fields: PARAM_SPECS)."})
+
+
+def ml_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``ml.pipeline.train_calibrate_partition`` that a run's parameters set."""
+    return {option: params[name] for name, option in ML_OPTIONS.items()}
 
 
 def _number(value: Any) -> bool:
@@ -111,7 +120,7 @@ def _list_param(value: Any) -> Any:
     return value
 
 
-def validate(conf: dict[str, Any]) -> PipelineConfig:
+def validate(conf: dict[str, Any]) -> PipelineParams:
     """Check every parameter; raise ParamError listing all problems, or return the typed config."""
     problems: list[str] = []
     unknown = sorted(set(conf) - set(PARAM_SPECS))
@@ -131,11 +140,11 @@ def validate(conf: dict[str, Any]) -> PipelineConfig:
     try:
         tier_map = (_parse_tier_map(tm) if isinstance(tm, str)
                     else {str(k): (list(e) if isinstance(e, list | tuple) else [e]) for k, e in dict(tm).items()})
-        bad = [t for t in tier_map if t not in KNOWN_TIERS]
+        bad = [t for t in tier_map if t not in TIERS]
         if bad:
-            problems.append(f"tier_map={tm!r}: unknown tier(s) {bad}; tiers are {list(KNOWN_TIERS)}, "
+            problems.append(f"tier_map={tm!r}: unknown tier(s) {bad}; tiers are {list(TIERS)}, "
                             "e.g. 'edge=0;fog=1;cloud=2'")
-        order = [t for t in KNOWN_TIERS if t in tier_map]
+        order = [t for t in TIERS if t in tier_map]
         if list(tier_map) != order:
             problems.append(f"tier_map={tm!r}: list tiers from edge to cloud, e.g. 'edge=0;fog=1;cloud=2'")
         flat = [e for ex in tier_map.values() for e in ex]
@@ -198,4 +207,4 @@ def validate(conf: dict[str, Any]) -> PipelineConfig:
     v["tier_map"] = tier_map
     for name in ("accuracy_tolerance", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms"):
         v[name] = float(v[name])
-    return PipelineConfig(**v)
+    return PipelineParams(**v)

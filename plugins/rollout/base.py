@@ -16,7 +16,9 @@ class RolloutError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TierSpec:
+class TierWorkerSpec:
+    """What to run for one tier of a release: the worker command, its model, replicas, port, env."""
+
     tier: str  # "edge", "fog", "cloud", or "full" (the unpartitioned model, cloud-only serving)
     model_uri: str  # bundle directory or models:/APP-tier/VERSION
     replicas: int = 1
@@ -33,19 +35,19 @@ class TierSpec:
 class Release:
     app: str
     version: str
-    tiers: tuple[TierSpec, ...]  # ordered from the first tier (edge) to the last (cloud)
+    tiers: tuple[TierWorkerSpec, ...]  # ordered from the first tier (edge) to the last (cloud)
 
-    def downstream_first(self) -> tuple[TierSpec, ...]:
+    def downstream_first(self) -> tuple[TierWorkerSpec, ...]:
         return tuple(reversed(self.tiers))
 
 
 class RolloutBackend(ABC):
     @abstractmethod
-    def start_tier(self, release: Release, spec: TierSpec) -> None:
+    def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
         """Start (or scale up) the workers of one tier of one version; returns without waiting."""
 
     @abstractmethod
-    def wait_ready(self, release: Release, spec: TierSpec, timeout_s: float) -> None:
+    def wait_ready(self, release: Release, spec: TierWorkerSpec, timeout_s: float) -> None:
         """Block until every replica answers /readyz; raise RolloutError with logs/events otherwise."""
 
     @abstractmethod

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierSpec
+from ml.contract import TIERS
+from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.settings import ENV_PREFIX, Settings, get_settings, settings_env
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 LABEL_APP = "tierflow.io/app"
 LABEL_VERSION = "tierflow.io/version"
 LABEL_TIER = "tierflow.io/tier"
-TIER_ORDER = ("edge", "fog", "cloud")
 # Container states that never heal by waiting: fail the rollout at once.
 FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "NoCommand",
                  "CreateContainerError"}
@@ -87,13 +87,13 @@ def public_settings_env(settings: Settings) -> dict[str, str]:
             if k not in secret and not k.startswith(_NOT_FORWARDED)}
 
 
-def worker_env(settings: Settings, release: Release, spec: TierSpec) -> list[k8s.V1EnvVar]:
+def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec) -> list[k8s.V1EnvVar]:
     """Pod env: runtime settings, the served version, pod IP binding; secrets only by secretKeyRef."""
     from kubernetes.client import models as k8s
 
     bad = sorted(name for name in spec.env if _SECRET_LIKE.search(name) or name in settings.k8s.secret_env)
     if bad:
-        raise ValueError(f"TierSpec.env of tier {spec.tier!r} carries secret-like settings {bad}: put them in the "
+        raise ValueError(f"TierWorkerSpec.env of tier {spec.tier!r} carries secret-like settings {bad}: put them in the "
                          f"Kubernetes Secret {settings.k8s.secret_name!r} and map them in TIERFLOW_K8S__SECRET_ENV")
     plain = public_settings_env(settings)
     plain.update({
@@ -117,7 +117,7 @@ def worker_env(settings: Settings, release: Release, spec: TierSpec) -> list[k8s
     return env
 
 
-def tier_pod(settings: Settings, release: Release, spec: TierSpec) -> k8s.V1Pod:
+def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.V1Pod:
     """The tier pod exactly as KubernetesPodOperator builds it, plus the readiness probe on /readyz."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
@@ -170,7 +170,7 @@ def tier_pod(settings: Settings, release: Release, spec: TierSpec) -> k8s.V1Pod:
     return pod
 
 
-def tier_deployment(settings: Settings, release: Release, spec: TierSpec) -> k8s.V1Deployment:
+def tier_deployment(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.V1Deployment:
     """A Deployment per (app, version, tier) whose pod template is the operator's pod."""
     from kubernetes.client import models as k8s
 
@@ -248,7 +248,7 @@ class KubernetesRolloutBackend(RolloutBackend):
     def core(self) -> Any:
         return self._hook().core_v1_client
 
-    def start_tier(self, release: Release, spec: TierSpec) -> None:
+    def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
         from kubernetes.client.exceptions import ApiException
 
         body = tier_deployment(self.settings, release, spec)
@@ -286,7 +286,7 @@ class KubernetesRolloutBackend(RolloutBackend):
                 log.info("[pod %s] %s", pod.metadata.name, line)
             self._log_lines[key] = max(seen, len(lines))
 
-    def wait_ready(self, release: Release, spec: TierSpec, timeout_s: float) -> None:
+    def wait_ready(self, release: Release, spec: TierWorkerSpec, timeout_s: float) -> None:
         name = deployment_name(release.app, release.version, spec.tier)
         selector = tier_labels(release.app, release.version, spec.tier)
         deadline = time.monotonic() + timeout_s
@@ -364,7 +364,7 @@ class KubernetesRolloutBackend(RolloutBackend):
             if d.metadata.deletion_timestamp:
                 continue
             out.setdefault(d.metadata.labels[LABEL_VERSION], []).append(d.metadata.labels[LABEL_TIER])
-        rank = {t: i for i, t in enumerate(TIER_ORDER)}
+        rank = {t: i for i, t in enumerate(TIERS)}
         return {v: sorted(ts, key=lambda t: rank.get(t, len(rank))) for v, ts in out.items()}
 
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ml.contract import TIERS
 from plugins.rollout.base import Release, RolloutBackend, RolloutError
 
-TIER_ORDER = ("edge", "fog", "cloud")  # upstream to downstream
 Action = Literal["start", "wait", "drain", "stop"]
 
 
@@ -57,7 +57,7 @@ def plan_rollout(release: Release, running: dict[str, Sequence[str]]) -> Rollout
         bring_up.append(Step("start", release.version, entry.tier))
     bring_up.append(Step("wait", release.version, entry.tier))
     retire: list[Step] = []
-    order = list(TIER_ORDER) + [s.tier for s in release.tiers if s.tier not in TIER_ORDER]
+    order = list(TIERS) + [s.tier for s in release.tiers if s.tier not in TIERS]
     for version in sorted((v for v in running if v != release.version), key=_version_key):
         tiers = sorted(running[version], key=lambda t: order.index(t) if t in order else len(order))
         for i, tier in enumerate(tiers):

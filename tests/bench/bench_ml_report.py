@@ -1,4 +1,4 @@
-"""Benchmark of issue 2 ("what it must show"): default compact model on Fashion-MNIST trained within
+"""The default-model benchmark: default compact model on Fashion-MNIST trained within
 the time budget on this machine, calibrated at 1.0 point tolerance, partitioned, evaluated on the test
 set; prints the figures, the pass/fail of each target, the compute ratio against the cloud-only
 baseline measured in the same run, and the machine. Same as ``tierflow ml report``.

@@ -62,9 +62,10 @@ def measure(bootstrap: str, bundle: Path, tiers: tuple[str, ...], x, y, rate: fl
 
 def run(n: int = 2000, rate: float = 200.0, concurrency: int = 32, bundle=None, bootstrap=None,
         width: float = 0.5, epochs: int = 8, n_train: int = 12000) -> dict:
+    from ml.contract import CLOUD_ONLY
+    from ml.contract import TIERS as TIERS_3
     from ml.datasets import load_fashion_mnist
     from runtime.broker import EmbeddedBroker
-    from runtime.local import CLOUD_ONLY, TIERS_3
 
     bundle = bench_bundle(bundle, width, epochs, n_train)
     test = load_fashion_mnist("test")

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from plugins.rollout.base import Release, RolloutError, TierSpec
+from plugins.rollout.base import Release, RolloutError, TierWorkerSpec
 from plugins.rollout.kubernetes import KubernetesRolloutBackend, deployment_name
 
 pytestmark = pytest.mark.k8s
@@ -36,7 +36,7 @@ def backend_log():
 
 def test_missing_model_fails_readiness_with_pod_events_and_logs(k8s_settings, tmp_path, backend_log):
     missing = tmp_path / "no-such-bundle"
-    release = Release(app=k8s_settings.app, version="9", tiers=(TierSpec("cloud", str(missing)),))
+    release = Release(app=k8s_settings.app, version="9", tiers=(TierWorkerSpec("cloud", str(missing)),))
     backend = KubernetesRolloutBackend(settings=k8s_settings, poll_s=0.5)
     spec = release.tiers[0]
     backend.start_tier(release, spec)

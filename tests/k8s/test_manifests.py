@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from plugins.rollout.base import Release, TierSpec
+from plugins.rollout.base import Release, TierWorkerSpec
 from plugins.rollout.kubernetes import tier_deployment
 from runtime.settings import KubernetesSettings, Settings
 
@@ -105,7 +105,7 @@ def test_tier_pod_template_is_a_valid_nonroot_pod():
 def test_backend_deployment_is_valid_and_places_each_tier_on_its_pool(template):
     settings = Settings(_env_file=None, app="fmnist", k8s=KubernetesSettings(pod_template_file=template))
     release = Release(app="fmnist", version="3", tiers=tuple(
-        TierSpec(t, f"models:/fmnist-{t}/3", env={"TIERFLOW_WORKER__MAX_BATCH": "32"}) for t in ("edge", "fog", "cloud")))
+        TierWorkerSpec(t, f"models:/fmnist-{t}/3", env={"TIERFLOW_WORKER__MAX_BATCH": "32"}) for t in ("edge", "fog", "cloud")))
     for spec in release.tiers:
         dep = client.ApiClient().sanitize_for_serialization(tier_deployment(settings, release, spec))
         validate(dep)
@@ -135,11 +135,11 @@ def test_secret_values_never_enter_the_pod_spec():
     from runtime.settings import S3Settings
 
     settings = Settings(_env_file=None, s3=S3Settings(access_key_id="AK", secret_access_key=SecretStr("hunter2")))
-    release = Release(app="fmnist", version="1", tiers=(TierSpec("edge", "/b"),))
+    release = Release(app="fmnist", version="1", tiers=(TierWorkerSpec("edge", "/b"),))
     text = yaml.safe_dump(client.ApiClient().sanitize_for_serialization(
         tier_deployment(settings, release, release.tiers[0])))
     assert "hunter2" not in text
-    leaky = Release(app="fmnist", version="1", tiers=(TierSpec("edge", "/b", env={"TIERFLOW_DB_PASSWORD": "x"}),))
+    leaky = Release(app="fmnist", version="1", tiers=(TierWorkerSpec("edge", "/b", env={"TIERFLOW_DB_PASSWORD": "x"}),))
     with pytest.raises(ValueError, match="Kubernetes Secret"):
         tier_deployment(settings, leaky, leaky.tiers[0])
 

@@ -39,7 +39,7 @@ def test_pipeline_dag_rolls_out_registered_tiers_as_pods(airflow_db, mlflow_serv
         result = run_dag(airflow_env, settings, "tierflow_pipeline", TINY)
         assert result["state"] == "success", result["log"][-6000:]
         assert result["tasks"]["deploy"] == "success"
-        assert champion_metrics(settings.app, settings)["release"] == "1"
+        assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == "1"
         assert backend.running(settings.app) == {"1": ["edge", "fog", "cloud"]}
         pods = core.list_namespaced_pod("tierflow", label_selector=f"{LABEL_APP}={settings.app}").items
         assert {p.spec.node_name for p in pods} == {"edge-1", "fog-1", "cloud-1"}

@@ -17,7 +17,7 @@ import uuid
 import numpy as np
 import pytest
 
-from plugins.rollout.base import Release, TierSpec
+from plugins.rollout.base import Release, TierWorkerSpec
 from plugins.rollout.kubernetes import LABEL_APP, LABEL_TIER, LABEL_VERSION, KubernetesRolloutBackend
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, rollout
 
@@ -34,7 +34,7 @@ def samples():
 
 
 def release(app: str, version: str, bundle) -> Release:
-    return Release(app=app, version=version, tiers=tuple(TierSpec(t, str(bundle)) for t in TIERS))
+    return Release(app=app, version=version, tiers=tuple(TierWorkerSpec(t, str(bundle)) for t in TIERS))
 
 
 def make_canary(settings, samples, n: int = 90):

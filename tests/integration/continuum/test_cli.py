@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _tierflow(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "continuum", *args], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "tierflow_cli", "continuum", *args], cwd=ROOT, text=True,
                             env={**os.environ, "TIERFLOW_HOME": str(home)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 

@@ -19,14 +19,14 @@ def k8s_tier_rollout():
     def roll_out(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from plugins.rollout.base import Release, TierSpec
+        from plugins.rollout.base import Release, TierWorkerSpec
         from plugins.rollout.kubernetes import KubernetesRolloutBackend
         from plugins.rollout.procedure import CanaryPolicy, rollout
         from runtime.settings import Settings
 
         settings = Settings()
         release = Release(settings.app, str(params["version"]),
-                          tuple(TierSpec(t, params["bundle"]) for t in params["tiers"]))
+                          tuple(TierWorkerSpec(t, params["bundle"]) for t in params["tiers"]))
         outcome = rollout(KubernetesRolloutBackend(settings=settings, poll_s=0.5), release, canary=None,
                           policy=CanaryPolicy(), promote=lambda v: None, ready_timeout_s=150)
         if outcome.rolled_back:

@@ -73,3 +73,9 @@ def test_bad_sources_are_clear_errors(tiny_bundle, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other/9"}))
     with pytest.raises(ValueError, match="unsupported bundle format"):
         read_manifest(tmp_path)
+
+
+def test_a_registry_uri_needs_an_explicit_tracking_uri_and_cache():
+    """ml/ never falls back to tierflow's settings: the caller names the MLflow server and the cache."""
+    with pytest.raises(ValueError, match="tracking URI and a cache directory"):
+        load_tier("models:/fmnist-edge/1", "edge")

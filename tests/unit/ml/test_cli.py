@@ -4,13 +4,13 @@ import json
 
 from typer.testing import CliRunner
 
-from runtime.cli import app
+from ml.cli import app
 
 runner = CliRunner()
 
 
 def _ok(args):
-    result = runner.invoke(app, ["ml", *args])
+    result = runner.invoke(app, [*args])
     assert result.exit_code == 0, result.output
     return result
 
@@ -37,8 +37,8 @@ def test_cli_steps_share_a_run_directory(tmp_path):
 
 
 def test_cli_errors_say_what_to_fix(tmp_path):
-    result = runner.invoke(app, ["ml", "train", "--out", str(tmp_path), "--dataset", "cifar-10"])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path), "--dataset", "cifar-10"])
     assert result.exit_code == 2 and "unknown dataset 'cifar-10'" in result.output
     (tmp_path / "train.json").write_text(json.dumps({"config": {"train": {}}, "dataset": "fashion-mnist"}))
-    result = runner.invoke(app, ["ml", "partition", "--run", str(tmp_path)])
+    result = runner.invoke(app, ["partition", "--run", str(tmp_path)])
     assert result.exit_code == 2 and "run `tierflow ml calibrate" in result.output

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from ml.datasets import Dataset, load_dataset, load_fashion_mnist, load_image_folder
+from ml.datasets import Dataset, load_fashion_mnist, load_image_folder
+from ml.sources import load_dataset
 
 
 def test_fashion_mnist_from_local_idx_files():

@@ -9,7 +9,7 @@ def _report(final=0.91, acc=0.902, edge=0.6, compute=0.3, seconds=200.0):
         "bytes_per_request": {"device-edge": 784.0}, "cloud_only": {"bytes_per_request": {"device-cloud": 784.0}}}}
 
 
-def test_checks_follow_the_issue_targets():
+def test_checks_follow_the_report_targets():
     ok = check(_report())
     assert all(c["ok"] for c in ok.values())
     bad = check(_report(final=0.89, acc=0.875, edge=0.4, compute=0.7, seconds=301))

@@ -53,3 +53,37 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(ParamError) as err:
         validate({"epochs": 0, "backend": "x", "architecture": "y"})
     assert str(err.value).count("\n- ") == 3
+
+
+def test_every_ml_parameter_names_an_option_of_the_ml_pipeline():
+    """The DAG's ML parameters map onto ml.pipeline's config by name: renaming a field on one side only fails."""
+    from dataclasses import fields
+
+    from ml.architectures import ARCHITECTURES as ML_ARCHITECTURES
+    from ml.confidence import MEASURES
+    from ml.pipeline import PipelineConfig
+    from ml.training import TrainConfig
+    from plugins.pipeline.params import ML_OPTIONS, PipelineParams, ml_options
+
+    ml_fields = {f.name for f in fields(PipelineConfig)} | {f.name for f in fields(TrainConfig)}
+    assert set(ML_OPTIONS) <= set(PARAM_SPECS)
+    assert set(ML_OPTIONS.values()) <= ml_fields, set(ML_OPTIONS.values()) - ml_fields
+    assert {f.name for f in fields(PipelineParams)} == set(PARAM_SPECS)
+    assert PARAM_SPECS["architecture"][1]["enum"] == list(ML_ARCHITECTURES)
+    assert PARAM_SPECS["confidence"][1]["enum"] == list(MEASURES)
+    options = ml_options(validate({"confidence": "entropy", "accuracy_tolerance": 2}).to_dict())
+    assert options["measure"] == "entropy" and options["tolerance"] == 2.0
+    assert options["tier_map"] == {"edge": [0], "fog": [1], "cloud": [2]}
+
+
+def test_the_ml_pipeline_accepts_the_options_the_dag_sets(tmp_path):
+    """ml.pipeline.train_calibrate_partition rejects unknown options before training: none of ours is."""
+    import numpy as np
+
+    from ml.pipeline import train_calibrate_partition
+    from plugins.pipeline.params import ml_options
+
+    options = ml_options(validate({"tier_map": "edge=0;cloud=1+2"}).to_dict())
+    with pytest.raises(ValueError, match="at least 2 classes"):  # past the option check, at the data check
+        train_calibrate_partition(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int64"), ["only"], tmp_path,
+                                  **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierSpec
+from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from plugins.rollout.procedure import (
     CanaryPolicy,
     CanaryReport,
@@ -16,7 +16,7 @@ from plugins.rollout.procedure import (
 
 
 def release(version: str = "2", tiers=("edge", "fog", "cloud")) -> Release:
-    return Release("app", version, tuple(TierSpec(t, f"models:/app-{t}/{version}") for t in tiers))
+    return Release("app", version, tuple(TierWorkerSpec(t, f"models:/app-{t}/{version}") for t in tiers))
 
 
 class RecordingBackend(RolloutBackend):

@@ -73,7 +73,7 @@ def test_cli_up_status_down_broker(tmp_path: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
     env.update(TIERFLOW_HOME=str(tmp_path), TIERFLOW_KAFKA__BOOTSTRAP=f"127.0.0.1:{port}")
-    cli = [sys.executable, "-m", "runtime.cli", "stack"]
+    cli = [sys.executable, "-m", "tierflow_cli", "stack"]
     up = subprocess.run([*cli, "up", "--only", "broker"], env=env, cwd=REPO, capture_output=True, text=True,
                         timeout=120)
     try:

@@ -64,9 +64,10 @@ def test_register_load_promote_export(reg_settings: Settings, tiny_bundle: Path,
     s, app = reg_settings, reg_settings.app
     bundle = read_manifest(tiny_bundle)
     run_id = _train_run(s, tmp_path, 0.8)
-    assert registry.champion_metrics(app, s) is None
+    assert registry.champion_metrics(app, s.mlflow.tracking_uri) is None
 
-    rel = registry.register_bundle(tiny_bundle, run_id=run_id, dataset_version="2026-11-25T23-00-00-000Z", settings=s)
+    rel = registry.register_bundle(tiny_bundle, app=app, tracking_uri=s.mlflow.tracking_uri, run_id=run_id,
+                                   dataset_version="2026-11-25T23-00-00-000Z")
     assert set(rel.versions) == {*bundle.tier_names, "full"} and rel.tiers == bundle.tier_names
     client = MlflowClient(s.mlflow.tracking_uri)
     for tier, version in rel.versions.items():
@@ -87,35 +88,36 @@ def test_register_load_promote_export(reg_settings: Settings, tiny_bundle: Path,
 
     # Loading a tier gives the same network as the local bundle, tagged with the release number.
     x = np.random.default_rng(0).integers(0, 256, size=(8, *bundle.input.shape)).astype(bundle.input.dtype)
-    edge = registry.load_registered_tier(f"models:/{app}-edge@candidate", s)
+    edge = registry.load_registered_tier(f"models:/{app}-edge@candidate", s.mlflow.tracking_uri, s.home / "models")
     local = load_bundle_tier(tiny_bundle, "edge")
     assert edge.name == "edge" and edge.version == rel.release and edge.thresholds == local.thresholds
     for a, b in zip(edge.predict(x)[0], local.predict(x)[0], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert (s.home / "models" / f"{app}-edge" / rel.versions["edge"] / "manifest.json").is_file()  # cached
-    cloud = registry.load_registered_tier(rel.uris[bundle.tier_names[-1]], s)
+    cloud = registry.load_registered_tier(rel.uris[bundle.tier_names[-1]], s.mlflow.tracking_uri, s.home / "models")
     assert cloud.is_last and cloud.version == rel.release
 
     # champion: promote release 1, register release 2 (candidate moves, champion stays), promote it.
-    registry.promote(app, rel.release, s)
-    champ = registry.champion_metrics(app, s)
+    registry.promote(app, rel.release, s.mlflow.tracking_uri)
+    champ = registry.champion_metrics(app, s.mlflow.tracking_uri)
     assert champ["release"] == rel.release and champ["metrics"]["test_accuracy"] == pytest.approx(0.8)
     assert champ["metrics"]["exit0_accuracy"] == pytest.approx(0.7)
-    rel2 = registry.register_bundle(tiny_bundle, run_id=_train_run(s, tmp_path, 0.9), settings=s)
+    rel2 = registry.register_bundle(tiny_bundle, app=app, tracking_uri=s.mlflow.tracking_uri,
+                                    run_id=_train_run(s, tmp_path, 0.9))
     assert int(rel2.release) == int(rel.release) + 1
-    assert registry.release_versions(app, "candidate", s) == rel2.versions
-    assert registry.release_versions(app, "champion", s) == rel.versions
+    assert registry.release_versions(app, "candidate", s.mlflow.tracking_uri) == rel2.versions
+    assert registry.release_versions(app, "champion", s.mlflow.tracking_uri) == rel.versions
     from plugins.hooks.mlflow import MlflowRegistryHook
 
     hook = MlflowRegistryHook.from_settings(s)
     assert hook.uris("candidate") == rel2.uris and hook.champion_metrics()["release"] == rel.release
     hook.promote("candidate")
-    assert registry.champion_metrics(app, s)["metrics"]["test_accuracy"] == pytest.approx(0.9)
+    assert registry.champion_metrics(app, s.mlflow.tracking_uri)["metrics"]["test_accuracy"] == pytest.approx(0.9)
     for tier, version in rel2.versions.items():
         assert client.get_model_version_by_alias(f"{app}-{tier}", "champion").version == version
 
     # Export the champion back into a complete local bundle.
-    out = registry.export_release(app, "champion", tmp_path / "exported", s)
+    out = registry.export_release(app, "champion", tmp_path / "exported", s.mlflow.tracking_uri, s.home / "models")
     exported = read_manifest(out)
     assert exported.tier_names == bundle.tier_names and exported.version == rel2.release
     np.testing.assert_allclose(_chain(out, bundle.tier_names, x), _chain(tiny_bundle, bundle.tier_names, x),
@@ -129,4 +131,5 @@ def test_registry_errors_say_what_to_fix(reg_settings: Settings):
     with pytest.raises(ValueError, match="names no version or alias"):
         parse_models_uri("models:/fmnist-edge")
     with pytest.raises(RegistryError, match="not found"):
-        load_registered_tier(f"models:/{reg_settings.app}-edge@champion", reg_settings)
+        load_registered_tier(f"models:/{reg_settings.app}-edge@champion", reg_settings.mlflow.tracking_uri,
+                             reg_settings.home / "models")

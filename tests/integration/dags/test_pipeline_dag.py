@@ -34,15 +34,15 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
 
     from ml.registry import champion_metrics, release_versions
     from plugins.pipeline.deploy import canary_samples, run_canary
-    from plugins.rollout.base import Release, TierSpec
+    from plugins.rollout.base import Release, TierWorkerSpec
     from plugins.rollout.local import LocalProcessBackend
 
     settings = pipeline_settings
     first = run_dag(airflow_db, settings, "tierflow_pipeline", TINY)
     assert first["state"] == "success", first["log"][-6000:]
     assert set(first["tasks"].values()) == {"success"}
-    assert set(release_versions(settings.app, "1", settings)) == {"edge", "fog", "cloud", "full"}
-    assert champion_metrics(settings.app, settings)["release"] == "1"
+    assert set(release_versions(settings.app, "1", settings.mlflow.tracking_uri)) == {"edge", "fog", "cloud", "full"}
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == "1"
     backend = LocalProcessBackend(settings.home)
     assert {v: sorted(t) for v, t in backend.running(settings.app).items()} == {"1": ["cloud", "edge", "fog"]}
 
@@ -51,12 +51,12 @@ def test_pipeline_registers_rolls_out_promotes_and_rolls_back_a_bad_candidate(ai
     assert second["state"] == "failed"
     assert second["tasks"]["register"] == "success" and second["tasks"]["deploy"] == "failed"
     assert "rolled back, champion unchanged" in second["log"] and "p95 latency" in second["log"]
-    assert champion_metrics(settings.app, settings)["release"] == "1"
-    assert set(release_versions(settings.app, "candidate", settings)) == {"edge", "fog", "cloud", "full"}
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == "1"
+    assert set(release_versions(settings.app, "candidate", settings.mlflow.tracking_uri)) == {"edge", "fog", "cloud", "full"}
     assert list(backend.running(settings.app)) == ["1"]
 
     x, y = canary_samples(30)
-    check = run_canary(settings, Release(settings.app, "1", (TierSpec("edge", ""),)), x, y, timeout_s=60)
+    check = run_canary(settings, Release(settings.app, "1", (TierWorkerSpec("edge", ""),)), x, y, timeout_s=60)
     assert check.answered == 30 and check.new_version_answers == 30
     assert check.answers_by_version == {"1": 30}
     assert np.isfinite(check.p95_latency_ms)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from plugins.pipeline.deploy import canary_samples, run_canary
-from plugins.rollout.base import Release, TierSpec
+from plugins.rollout.base import Release, TierWorkerSpec
 from plugins.rollout.local import LocalProcessBackend
 from plugins.rollout.procedure import CanaryPolicy, rollout
 from runtime.settings import settings_env
@@ -22,7 +22,7 @@ TIERS = ("edge", "fog", "cloud")
 
 
 def release(settings, version: str, model_uri) -> Release:
-    return Release(settings.app, version, tuple(TierSpec(t, str(model_uri), http_port=0) for t in TIERS))
+    return Release(settings.app, version, tuple(TierWorkerSpec(t, str(model_uri), http_port=0) for t in TIERS))
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, ti
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (backend.workers(app, "1", "fog")[0]["worker_pid"] == fog["worker_pid"]):
         time.sleep(0.2)
-    backend.wait_ready(release(settings, "1", tiny_bundle), TierSpec("fog", str(tiny_bundle)), 120)
+    backend.wait_ready(release(settings, "1", tiny_bundle), TierWorkerSpec("fog", str(tiny_bundle)), 120)
     (fog_after,) = backend.workers(app, "1", "fog")
     assert fog_after["restarts"] == 1 and fog_after["worker_pid"] != fog["worker_pid"]
 
@@ -92,7 +92,7 @@ def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, ti
     assert out3.rolled_back and not out3.promoted
     assert "crashed" in out3.problems[0] or "not ready" in out3.problems[0]
     assert sorted(backend.running(app)) == ["2"]
-    # (a candidate failing the canary's bounds is rolled back in tests/integration/pipeline/test_pipeline_dag.py)
+    # (a candidate failing the canary's bounds is rolled back in tests/integration/dags/test_pipeline_dag.py)
     assert promoted == ["1", "2"]
     check = run_canary(settings, release(settings, "2", tiny_bundle), x[:20], y[:20], timeout_s=60)
     assert check.new_version_answers == 20  # the champion still answers everything

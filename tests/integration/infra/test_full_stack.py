@@ -73,8 +73,8 @@ def test_pipeline_through_the_rest_api_then_redeploy_under_load(airflow_api):
     assert run["conf"]["dataset"] == ingested["manifest_uri"]
     registered = client.xcom(PIPELINE_DAG, run_id, "register")
     release = registered["release"]
-    assert set(release_versions(settings.app, release, settings)) == {"edge", "fog", "cloud", "full"}
-    assert champion_metrics(settings.app, settings)["release"] == release
+    assert set(release_versions(settings.app, release, settings.mlflow.tracking_uri)) == {"edge", "fog", "cloud", "full"}
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == release
     trained = client.xcom(PIPELINE_DAG, run_id, "train_calibrate_partition")
     assert trained["dataset_version"].endswith(ingested["version"])
 
@@ -109,7 +109,7 @@ def test_pipeline_through_the_rest_api_then_redeploy_under_load(airflow_api):
         answers = [device.answers[f"load-{i}"].result for i in sent]
     release2 = client.xcom(PIPELINE_DAG, run2, "register")["release"]
     assert release2 != release
-    assert champion_metrics(settings.app, settings)["release"] == release2
+    assert champion_metrics(settings.app, settings.mlflow.tracking_uri)["release"] == release2
     versions = {a["model_version"] for a in answers}
     assert versions == {release, release2}, versions  # served by both releases, none lost
     assert sum(a["degraded"] for a in answers) == 0

@@ -1,0 +1,3 @@
+from tierflow_cli import app
+
+app(prog_name="tierflow")
