@@ -6,15 +6,15 @@ import pytest
 
 from infra.continuum.costs import pickup_ms, scenario_costs
 from infra.continuum.scenario import load_scenario
-from ml.bundle import BundleManifest, TensorSpec, TierSpec, write_manifest
+from ml.bundle import BundleManifest, ManifestTier, TensorSpec, write_manifest
 
 
 @pytest.fixture
 def bundle(tmp_path):
-    tiers = [TierSpec(name="edge", exits=[0], file="e", input_shape=[28, 28, 1], output_shape=[7, 7, 8],
+    tiers = [ManifestTier(name="edge", exits=[0], file="e", input_shape=[28, 28, 1], output_shape=[7, 7, 8],
                       thresholds=[0.9]),
-             TierSpec(name="fog", exits=[1], file="f", input_shape=[7, 7, 8], output_shape=[100], thresholds=[0.8]),
-             TierSpec(name="cloud", exits=[2], file="c", input_shape=[100], output_shape=None, thresholds=[None])]
+             ManifestTier(name="fog", exits=[1], file="f", input_shape=[7, 7, 8], output_shape=[100], thresholds=[0.8]),
+             ManifestTier(name="cloud", exits=[2], file="c", input_shape=[100], output_shape=None, thresholds=[None])]
     write_manifest(tmp_path, BundleManifest(model_name="m", architecture="compact", input=TensorSpec(
         shape=[28, 28, 1], dtype="uint8"), class_names=[str(i) for i in range(10)], tiers=tiers, num_exits=3))
     return tmp_path
