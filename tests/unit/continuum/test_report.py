@@ -1,0 +1,31 @@
+"""The report's table marks each target met or missed; JSON and both plots are written."""
+
+from __future__ import annotations
+
+import json
+
+from infra.continuum import report as rep
+from infra.continuum.measure import ratios
+
+
+def _result(p50: float, sat: float, wan: float, acc: float) -> dict:
+    return {"latency": {"p50_ms": p50, "p95_ms": 2 * p50, "p99_ms": 3 * p50, "mean_ms": 1.2 * p50},
+            "predicted": {"cost_model_ms": p50, "with_messaging_ms": 1.1 * p50},
+            "saturation": {"saturation_rps": sat, "steps": [
+                {"offered_rps": 50, "p50_ms": p50, "p99_ms": 3 * p50, "held": True}]},
+            "answers": {"accuracy": acc, "per_tier": {"edge": 9}, "degraded": 0},
+            "topic": {"lost": 0, "answered_twice": 0},
+            "bytes_per_request": {"device-edge": {"total": 1000.0}, "fog-cloud": {"total": wan}},
+            "cpu_ms_per_request": {"edge": 1.0}, "latencies_ms": [p50, 2 * p50, 3 * p50]}
+
+
+def test_table_json_plots(tmp_path) -> None:
+    dist, cloud = _result(20, 400, 100, 0.89), _result(160, 300, 1800, 0.893)
+    report = {"scenarios": {"a": dist, "cloud-only": cloud}, "baseline": "cloud-only", "profile": "default",
+              "settings": {"low_rate": 20, "deadline_ms": 2000}, "ratios": {"a": ratios(dist, cloud)}}
+    text = rep.table(report)
+    assert "p50                         0.125   target <= 0.33   met" in text
+    assert "saturation_throughput       1.333   target >= 2.00   MISSED" in text
+    assert "accuracy_points            -0.300   target >= -1.0 pt   met" in text
+    assert json.loads(rep.write_json(report, tmp_path).read_text())["baseline"] == "cloud-only"
+    assert all(p.stat().st_size > 1000 for p in rep.plots(report, tmp_path))
