@@ -61,13 +61,15 @@ class Outputs:
             self._producer(bootstrap, kind).list_topics(timeout=10)
 
     def _producer(self, bootstrap: str, kind: str) -> Any:
-        """One producer per cluster and kind. An upper tier's answers get a delivery timeout of half a grace:
+        """One producer per cluster and kind. An upper tier's answers get a delivery timeout of one grace:
         one that has not reached the broker by then (a cut link) is withdrawn, never published late, and the
-        tier below answers instead (`runtime.ownership`, rule 1)."""
+        tier below answers instead (`runtime.ownership`, rule 1). That producer sends each answer once (no
+        retries, so no idempotence, whose epoch bump after a timeout some brokers answer with a fence)."""
         if (bootstrap, kind) not in self._producers:
             from confluent_kafka import Producer
 
-            extra = {"message.timeout.ms": max(self.ws.degrade_grace_ms // 2, 1)} \
+            extra = {"message.timeout.ms": self.ws.degrade_grace_ms, "enable.idempotence": False,
+                     "message.send.max.retries": 0, "reconnect.backoff.max.ms": 500} \
                 if kind == "answers" and not self.route.is_entry else {}
             self._producers[(bootstrap, kind)] = Producer(producer_config(
                 self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
@@ -114,7 +116,7 @@ class Outputs:
                 batch.withdrawable(err, msg)
                 if err is not None:
                     self.metrics.record("withdrawn")
-                    log.warning("answer withdrawn: not delivered within half a grace", extra={
+                    log.warning("answer withdrawn: not delivered within a grace", extra={
                         "tier": self.route.tier, "error": str(err)})
         else:
             on_delivery = batch.delivered
