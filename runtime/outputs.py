@@ -8,6 +8,7 @@ one on APP.results), so a reply-to topic that cannot be written never holds back
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,26 +55,44 @@ class Outputs:
         self._bytes_out: Counter[str] = Counter()
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
+        self._withdrawn_logged = 0.0
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        for bootstrap, kind in {(self.bootstrap, "answers"), (self.bootstrap, "outputs"), (self.next_bootstrap, "forwards")}:
+        g = self.ws.degrade_grace_ms
+        answers = ["answers"] if self.route.is_entry else [f"answers-{g * 4 ** k}" for k in range(4)]
+        for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"),
+                                (self.next_bootstrap, "forwards")}:
             self._producer(bootstrap, kind).list_topics(timeout=10)
 
     def _producer(self, bootstrap: str, kind: str) -> Any:
-        """One producer per cluster and kind. An upper tier's answers get a delivery timeout of one grace:
-        one that has not reached the broker by then (a cut link) is withdrawn, never published late, and the
-        tier below answers instead (`runtime.ownership`, rule 1). That producer sends each answer once (no
-        retries, so no idempotence, whose epoch bump after a timeout some brokers answer with a fence)."""
+        """One producer per cluster and kind ("outputs", "forwards", "answers", or "answers-<ms>", see
+        `_answer_kind`)."""
         if (bootstrap, kind) not in self._producers:
             from confluent_kafka import Producer
 
-            extra = {"message.timeout.ms": self.ws.degrade_grace_ms, "enable.idempotence": False,
-                     "message.send.max.retries": 0, "reconnect.backoff.max.ms": 500} \
-                if kind == "answers" and not self.route.is_entry else {}
+            extra = {}
+            if kind.startswith("answers-"):  # sent once within the timeout (no retries, so no idempotence,
+                # whose epoch bump after a timeout some brokers answer with a fence)
+                extra = {"message.timeout.ms": int(kind.split("-")[1]), "enable.idempotence": False,
+                         "message.send.max.retries": 0, "reconnect.backoff.max.ms": 500}
             self._producers[(bootstrap, kind)] = Producer(producer_config(
                 self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
         return self._producers[(bootstrap, kind)]
+
+    def _answer_kind(self, close_at: int) -> str:
+        """The producer for an answer. An upper tier's answer must be on the broker before the tier below
+        may answer degraded (its own window close plus a grace), else it is withdrawn, never published
+        late (`runtime.ownership`, rule 1): its producer's delivery timeout is the largest of 1, 4, 16 or 64
+        graces that still ends by then."""
+        if self.route.is_entry:
+            return "answers"
+        g = self.ws.degrade_grace_ms
+        left = close_at + g - self.clock.now()
+        timeout = g
+        while timeout * 4 <= left and timeout < 64 * g:
+            timeout *= 4
+        return f"answers-{timeout}"
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         for p in self._producers.values():
@@ -111,13 +130,11 @@ class Outputs:
     def _held(self, batch: Batch, kind: str, topic: str, key: Any, value: bytes | None,
               headers: list[tuple[str, bytes]], header_bytes: int) -> None:
         """An output of ``batch``: its commit waits for the broker's acknowledgement."""
-        if kind == "answers" and not self.route.is_entry:
+        if kind.startswith("answers-"):
             def on_delivery(err: Any, msg: Any) -> None:
                 batch.withdrawable(err, msg)
                 if err is not None:
-                    self.metrics.record("withdrawn")
-                    log.warning("answer withdrawn: not delivered within a grace", extra={
-                        "tier": self.route.tier, "error": str(err)})
+                    self._withdrawn(err)
         else:
             on_delivery = batch.delivered
         self._send(on_delivery, self._producer(self.bootstrap, kind), topic, key, value, headers, header_bytes)
@@ -129,18 +146,27 @@ class Outputs:
             log.warning("answer not delivered to tf-reply-to", extra={"tier": self.route.tier, "topic": msg.topic(),
                                                                        "error": str(err)})
 
+    def _withdrawn(self, err: Any) -> None:
+        self.metrics.record("withdrawn")
+        now = time.monotonic()
+        if now - self._withdrawn_logged > 1:  # at most one line a second
+            self._withdrawn_logged = now
+            log.warning("answers withdrawn: not on the broker before the tier below answers",
+                        extra={"tier": self.route.tier, "error": str(err)})
+
     def _forward_delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.metrics.record("forward_failed")
 
     def answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
-               origin: int | None, reply_to: str | None, received: int, degraded: bool = False) -> None:
+               origin: int | None, reply_to: str | None, received: int, close_at: int,
+               degraded: bool = False) -> None:
         now = self.clock.now()
         tier_latency, latency = now - received, (now - origin) if origin is not None else None
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        self._held(batch, "answers", self.results_topic, rid_b, body, headers, header_bytes)
+        self._held(batch, self._answer_kind(close_at), self.results_topic, rid_b, body, headers, header_bytes)
         self.memory.add(rid, entry)
         if reply_to and reply_to != self.results_topic:
             try:
@@ -163,8 +189,9 @@ class Outputs:
                 action = Action.DEGRADE
         if action is Action.EXPIRE:
             return "expired"
+        close_at = window_close(req.deadline, self.route.index, self.route.n_tiers, self.ws.degrade_grace_ms)
         self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
-                    received, degraded=action is Action.DEGRADE)
+                    received, close_at, degraded=action is Action.DEGRADE)
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
@@ -202,7 +229,7 @@ class Outputs:
         for p in self.pending.due(self.clock.now()):
             try:
                 self.answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
-                            p.reply_to, p.received_ts, degraded=True)
+                            p.reply_to, p.received_ts, p.close_at, degraded=True)
             except Exception as exc:  # nothing to fall back to here: restart, and the replay answers it
                 raise RuntimeError(f"degraded answer to {p.request_id!r} not produced: {exc}") from exc
             p.batch.unresolved -= 1
