@@ -91,8 +91,8 @@ def test_pipeline_through_the_rest_api_then_redeploy_under_load(airflow_api):
 
         def keep_sending():
             i = 50
-            while not stop.is_set() and i < len(test.x):
-                device.send(f"load-{i}", test.x[i])
+            while not stop.is_set():  # for as long as the second run takes (samples reused on a slow machine)
+                device.send(f"load-{i}", test.x[i % len(test.x)])
                 sent.append(i)
                 i += 1
                 time.sleep(0.05)
