@@ -56,11 +56,12 @@ class Outputs:
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
         self._withdrawn_logged = 0.0
+        g = self.ws.degrade_grace_ms  # timed answer producers of an upper tier: (timeout ms, kind)
+        self._timed_kinds = [(g * 4 ** k, f"answers-{g * 4 ** k}") for k in range(4)]
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        g = self.ws.degrade_grace_ms
-        answers = ["answers"] if self.route.is_entry else [f"answers-{g * 4 ** k}" for k in range(4)]
+        answers = ["answers"] if self.route.is_entry else [name for _, name in self._timed_kinds]
         for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"),
                                 (self.next_bootstrap, "forwards")}:
             self._producer(bootstrap, kind).list_topics(timeout=10)
@@ -80,19 +81,20 @@ class Outputs:
                 self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
         return self._producers[(bootstrap, kind)]
 
-    def _answer_kind(self, close_at: int) -> str:
+    def _answer_kind(self, close_at: int, now: int) -> str:
         """The producer for an answer. An upper tier's answer must be on the broker before the tier below
         may answer degraded (its own window close plus a grace), else it is withdrawn, never published
         late (`runtime.ownership`, rule 1): its producer's delivery timeout is the largest of 1, 4, 16 or 64
         graces that still ends by then."""
         if self.route.is_entry:
             return "answers"
-        g = self.ws.degrade_grace_ms
-        left = close_at + g - self.clock.now()
-        timeout = g
-        while timeout * 4 <= left and timeout < 64 * g:
-            timeout *= 4
-        return f"answers-{timeout}"
+        left = close_at + self.ws.degrade_grace_ms - now
+        kind = self._timed_kinds[0][1]
+        for timeout, name in self._timed_kinds[1:]:
+            if timeout > left:
+                break
+            kind = name
+        return kind
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         for p in self._producers.values():
@@ -166,7 +168,7 @@ class Outputs:
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        self._held(batch, self._answer_kind(close_at), self.results_topic, rid_b, body, headers, header_bytes)
+        self._held(batch, self._answer_kind(close_at, now), self.results_topic, rid_b, body, headers, header_bytes)
         self.memory.add(rid, entry)
         if reply_to and reply_to != self.results_topic:
             try:
