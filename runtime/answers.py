@@ -23,6 +23,8 @@ from runtime.settings import Settings
 
 log = logging.getLogger("tierflow.worker")
 
+POLL_INTERVAL_S = 0.005
+
 
 class AnswerWatch:
     def __init__(self, settings: Settings, tier: str, version: str, memory: AnswerMemory,
@@ -32,6 +34,7 @@ class AnswerWatch:
         self.topic = settings.topic("results")
         self.recalled = False
         self._consumer: Any = None
+        self._looked = 0.0  # time.monotonic() of the last look at the topic
 
     def start(self) -> None:
         """Recall the answers of the last ``worker.answer_memory_s``, then keep following the topic."""
@@ -63,10 +66,15 @@ class AnswerWatch:
         log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
                                             "seconds": round(time.monotonic() - t0, 2)})
 
-    def poll(self) -> None:
-        """Take in every answer that has arrived since the last look."""
+    def poll(self, force: bool = False) -> None:
+        """Take in every answer that has arrived since the last look, at most every ``POLL_INTERVAL_S``
+        unless ``force``d (a look gives up the GIL, and answers arrive in fetches some ms apart anyway)."""
         if self._consumer is None:
             return
+        now = time.monotonic()
+        if not force and now - self._looked < POLL_INTERVAL_S:
+            return
+        self._looked = now
         while True:
             msgs = self._consumer.consume(1000, timeout=0)
             self._note(msgs)
@@ -82,11 +90,12 @@ class AnswerWatch:
                 continue
             key = m.key()
             rid = key.decode(errors="replace") if key else ""
-            entry = ""
-            for name, value in m.headers() or ():
-                if name == codec.ENTRY and value:
-                    entry = value.decode(errors="replace")
-            self.memory.add(rid, entry)
+            if not self.memory.entry_of(rid):  # new here (most answers are this tier's own, known already)
+                entry = ""
+                for name, value in m.headers() or ():
+                    if name == codec.ENTRY and value:
+                        entry = value.decode(errors="replace")
+                self.memory.add(rid, entry)
             p = self.pending.resolve(rid)
             if p is not None:
                 p.batch.unresolved -= 1

@@ -62,10 +62,15 @@ class CommitLedger:
 
     def __init__(self) -> None:
         self._batches: deque[Batch] = deque()
+        # Batches not yet seen acknowledged, oldest first. Batches are acknowledged roughly in order while
+        # their forwards may stay unresolved for a long time, so the bound on in-flight work looks at this
+        # short queue, not at every batch held for its forwards.
+        self._unacknowledged: deque[Batch] = deque()
 
     def open(self, records: int) -> Batch:
         batch = Batch(records=records)
         self._batches.append(batch)
+        self._unacknowledged.append(batch)
         return batch
 
     def take_done(self) -> dict[tuple[str, int], int]:
@@ -95,10 +100,13 @@ class CommitLedger:
 
     def unacknowledged(self) -> int:
         """Batches with outputs still unpublished or unacknowledged (the bound on in-flight work)."""
-        return sum(not b.acknowledged for b in self._batches)
+        queue = self._unacknowledged
+        while queue and queue[0].acknowledged:
+            queue.popleft()
+        return sum(not b.acknowledged for b in queue)
 
     def oldest_unacknowledged(self) -> Batch | None:
-        return next((b for b in self._batches if not b.acknowledged), None)
+        return next((b for b in self._unacknowledged if not b.acknowledged), None)
 
     def __len__(self) -> int:
         return len(self._batches)

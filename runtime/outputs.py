@@ -62,8 +62,8 @@ class Outputs:
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
         answers = ["answers"] if self.route.is_entry else [name for _, name in self._timed_kinds]
-        for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"),
-                                (self.next_bootstrap, "forwards")}:
+        forwards = [(self.next_bootstrap, "forwards")] if self.route.out_topic is not None else []
+        for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"), *forwards}:
             self._producer(bootstrap, kind).list_topics(timeout=10)
 
     def _producer(self, bootstrap: str, kind: str) -> Any:
@@ -97,8 +97,13 @@ class Outputs:
         return kind
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
-        for p in self._producers.values():
-            p.poll(timeout_s / len(self._producers))  # returns as soon as it has served a report
+        """Serve the delivery reports of the producers with records in flight (each poll is a call into
+        librdkafka that gives up the GIL, so idle producers are not polled)."""
+        busy = [p for p in self._producers.values() if len(p)]
+        for p in busy:
+            p.poll(timeout_s / len(busy))  # returns as soon as it has served a report
+        if not busy and timeout_s:
+            time.sleep(timeout_s)
 
     def flush(self, timeout_s: float = 30) -> None:
         for p in self._producers.values():
@@ -220,13 +225,13 @@ class Outputs:
         self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
-    def answer_overdue(self, poll_answers: Callable[[], None]) -> None:
+    def answer_overdue(self, poll_answers: Callable[[bool], None]) -> None:
         """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered here,
-        degraded, with this tier's own best prediction (``poll_answers`` first takes in answers just arrived)."""
+        degraded, with this tier's own best prediction (``poll_answers(True)`` first takes in answers just arrived)."""
         due = self.pending.next_close()
         if due is None or due > self.clock.now():
             return
-        poll_answers()
+        poll_answers(True)
         n = 0
         for p in self.pending.due(self.clock.now()):
             try:

@@ -155,7 +155,7 @@ class TierWorker:
             give_up = time.monotonic() + min(max(0, (last or 0) - self.clock.now()) / 1000 + 1,
                                              self.ws.drain_timeout_s)
             while len(self.pending) and self.answers.recalled and time.monotonic() < give_up:
-                self.answers.poll()
+                self.answers.poll(True)
                 self.outputs.answer_overdue(self.answers.poll)
                 self.outputs.serve_deliveries(0.01)
             self.outputs.flush(30)

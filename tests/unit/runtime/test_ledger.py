@@ -39,3 +39,19 @@ def test_a_rejected_output_keeps_its_batch_uncommitted():
     with pytest.raises(BrokerRejected, match="out: MSG_SIZE_TOO_LARGE"):
         ledger.take_done()
     assert len(ledger) == 1
+
+
+def test_the_in_flight_bound_counts_unacknowledged_batches_only_whatever_waits_for_forwards():
+    ledger = CommitLedger()
+    held = [ledger.open(1) for _ in range(500)]  # acknowledged, each waiting for a forward's answer
+    for b in held:
+        b.published, b.unresolved = True, 1
+    late, early = ledger.open(1), ledger.open(1)
+    late.outstanding = early.outstanding = 1
+    late.published = early.published = True
+    early.delivered(None, None)  # acknowledged out of order
+    assert ledger.unacknowledged() == 1
+    assert ledger.oldest_unacknowledged() is late
+    late.delivered(None, None)
+    assert ledger.unacknowledged() == 0 and ledger.oldest_unacknowledged() is None
+    assert ledger.take_done() == {} and len(ledger) == 502  # nothing commits before the forwards are answered
