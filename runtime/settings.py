@@ -108,6 +108,15 @@ class AirflowSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class PrometheusSettings(BaseModel):
+    """The Prometheus server that scrapes the tier workers (the embedded stack starts one on loopback)."""
+
+    url: str = "http://127.0.0.1:9090"
+    scrape_interval_s: float = 5.0
+    # Retention of the embedded server's time series database.
+    retention: str = "2d"
+
+
 class KubernetesSettings(BaseModel):
     """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
 
@@ -148,11 +157,11 @@ class StackSettings(BaseModel):
     """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
 
     The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
-    mlflow.tracking_uri, airflow.api_url). SeaweedFS and Airflow open more listeners; each is a port
+    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS and Airflow open more listeners; each is a port
     here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
     """
 
-    services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow"])
+    services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow", "prometheus"])
     # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
     weed_ports: dict[str, int] = Field(default_factory=dict)
     airflow_worker_log_port: int = 0
@@ -194,6 +203,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

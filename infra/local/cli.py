@@ -1,4 +1,4 @@
-"""`tierflow stack up|down|status`: the embedded local stack (broker, S3, MLflow, Airflow) on loopback."""
+"""`tierflow stack up|down|status`: the embedded local stack (broker, S3, MLflow, Airflow, Prometheus) on loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _services(only: str | None) -> list[str] | None:
 
 
 @app.command()
-def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: broker,s3,mlflow,airflow "
+def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: broker,s3,mlflow,airflow,prometheus "
                                                      "(what they need is started too)."),
        ) -> None:
     """Start the services and wait until each is healthy; they keep running after this command."""
