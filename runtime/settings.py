@@ -111,7 +111,8 @@ class AirflowSettings(BaseModel):
 class PrometheusSettings(BaseModel):
     """The Prometheus server that scrapes the tier workers (the embedded stack starts one on loopback)."""
 
-    url: str = "http://127.0.0.1:9090"
+    # Not 9090: where Debian's package starts its own system service on machines with systemd.
+    url: str = "http://127.0.0.1:19090"
     scrape_interval_s: float = 5.0
     # Retention of the embedded server's time series database.
     retention: str = "2d"

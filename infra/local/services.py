@@ -101,7 +101,7 @@ def main_ports(settings: Settings) -> dict[str, tuple[str, int]]:
         "s3": host_port(settings.s3.endpoint_url or "", 8333),
         "mlflow": host_port(settings.mlflow.tracking_uri, 5000),
         "airflow": host_port(settings.airflow.api_url, 8080),
-        "prometheus": host_port(settings.prometheus.url, 9090),
+        "prometheus": host_port(settings.prometheus.url, 19090),
     }
 
 
