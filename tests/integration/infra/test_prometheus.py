@@ -70,3 +70,33 @@ def test_prometheus_scrapes_local_workers_and_records_per_tier_figures(prometheu
         while any(t["labels"].get("app") == app and t["labels"].get("tier") == "cloud" for t in prom.targets()):
             assert time.monotonic() < deadline, "the stopped cloud worker is still a target"
             time.sleep(0.5)
+
+
+def test_cli_stack_status_shows_prometheus(tmp_path):
+    """`tierflow stack up --only prometheus`, then `status` shows it healthy with its rules; `down` stops it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.local.process import free_port
+
+    repo = Path(__file__).resolve().parents[3]
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    env.update(TIERFLOW_HOME=str(tmp_path), TIERFLOW_PROMETHEUS__URL=url, COLUMNS="200")
+    cli = [sys.executable, "-m", "tierflow_cli", "stack"]
+    up = subprocess.run([*cli, "up", "--only", "prometheus"], env=env, cwd=repo, capture_output=True, text=True,
+                        timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert Prometheus(url).ready()
+        status = subprocess.run([*cli, "status"], env=env, cwd=repo, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        (line,) = [x for x in status.stdout.splitlines() if "prometheus" in x and url in x]
+        assert "healthy" in line and "unhealthy" not in line
+        assert "0/0 tier worker targets up; 15 rules loaded; firing: none" in status.stdout
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "prometheus" in down.stdout, down.stdout + down.stderr
+    assert not Prometheus(url).ready()
