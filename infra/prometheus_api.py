@@ -101,3 +101,15 @@ def tier_figures(prom: Prometheus, app: str) -> dict[str, dict[str, float]]:
         for s in prom.query(f'{name}{{app="{app}"}}'):
             out.setdefault(s.labels.get("tier", "?"), {})[key] = round(s.value * scale, 3)
     return out
+
+
+def live_figures(url: str, app: str, tiers: int, *, settle_s: float = 0.0,
+                 timeout_s: float = 60.0) -> dict[str, dict[str, float]] | None:
+    """`tier_figures` once every tier has a recorded p95, from the server at url; None where no Prometheus
+    runs. settle_s: wait first, so the last scrape and rule run after a load include its final counts."""
+    prom = Prometheus(url)
+    if not prom.ready():
+        return None
+    time.sleep(settle_s)
+    prom.wait(f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{app}"}}', count=tiers, timeout_s=timeout_s)
+    return tier_figures(prom, app)

@@ -47,16 +47,21 @@ class WorkerProcess:
         self.proc = spawn(f"{self.tier} worker", self.argv, self.env, self.log_path,
                           cwd=Path(__file__).resolve().parent.parent, error=WorkerProcessError)
         self.restarts += 1
-        scrape_targets.register(self.settings.home, self.target_name, f"127.0.0.1:{self.http_port}",
-                                {"app": self.settings.app, "tier": self.tier,
-                                 "version": self.env.get("TIERFLOW_WORKER__VERSION") or self.settings.worker.version,
-                                 "replica": "0"})
+        if self.scrape_address:
+            scrape_targets.register(self.settings.home, self.target_name, self.scrape_address,
+                                    {"app": self.settings.app, "tier": self.tier, "replica": "0",
+                                     "version": self.env.get("TIERFLOW_WORKER__VERSION") or self.settings.worker.version})
         return self
 
     @property
     def target_name(self) -> str:
         """This worker's Prometheus target file (runtime.scrape_targets)."""
         return f"{self.settings.app}-local-{self.tier}-{self.http_port}"
+
+    @property
+    def scrape_address(self) -> str | None:
+        """Where a Prometheus on this machine reaches /metrics (None: it cannot, announce nothing)."""
+        return f"127.0.0.1:{self.http_port}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
