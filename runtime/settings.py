@@ -12,8 +12,9 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml import contract
@@ -27,7 +28,9 @@ def default_home() -> Path:
 
 
 class KafkaSettings(BaseModel):
-    """Broker addresses and client tuning; every link may have its own cluster (edge/fog/cloud sites)."""
+    """Broker addresses, security and client tuning; every link may have its own cluster (edge/fog/cloud sites)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a password
 
     bootstrap: str = "127.0.0.1:19092"
     # Per-tier override of the bootstrap servers a tier *consumes* from, e.g. {"fog": "fog-site:9092"}.
@@ -42,6 +45,18 @@ class KafkaSettings(BaseModel):
     # Partitions of topics the runtime creates; a tier scales out to at most this many workers.
     partitions: int = 3
     replication_factor: int = 1
+    # Security of every client (runtime.kafka.security_properties maps these to librdkafka's
+    # security.protocol, ssl.* and sasl.*). CA/certificate/key are PEM file paths; without a CA file the
+    # system's CAs are trusted. On Kubernetes the secrets come from the tier Secret (KubernetesSettings).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None  # client certificate, for brokers that require mutual TLS
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host in bootstrap
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
     # Raw librdkafka properties for every client, then per client kind (override the above).
     extra: dict[str, str] = Field(default_factory=dict)
     producer_extra: dict[str, str] = Field(default_factory=dict)
@@ -49,6 +64,25 @@ class KafkaSettings(BaseModel):
 
     def for_tier(self, tier: str) -> str:
         return self.tier_bootstrap.get(tier, self.bootstrap)
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        """Half a security configuration fails here, not as a broker refusing connections later."""
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                             "sasl_password (TIERFLOW_KAFKA__SASL_*)")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError(f"sasl_* settings are unused with security_protocol {self.security_protocol}: "
+                             "choose SASL_SSL or SASL_PLAINTEXT")
+        tls = self.ssl_ca_location or self.ssl_certificate_location or self.ssl_key_location or self.ssl_key_password
+        if tls and not self.security_protocol.endswith("SSL"):
+            raise ValueError(f"ssl_* settings are unused with security_protocol {self.security_protocol}: "
+                             "choose SSL or SASL_SSL")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ValueError("a client certificate needs its key and the other way round (ssl_certificate_location, "
+                             "ssl_key_location)")
+        return self
 
 
 class WorkerSettings(BaseModel):
@@ -193,6 +227,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=str(default_home() / "stack.env"),
         extra="ignore",
+        hide_input_in_errors=True,
     )
 
     app: str = "fmnist"
