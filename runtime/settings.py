@@ -152,6 +152,16 @@ class PrometheusSettings(BaseModel):
     retention: str = "2d"
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans per tier with W3C traceparent across tiers (runtime.tracing); off by default."""
+
+    enabled: bool = False
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of new traces; a traced parent's choice is followed
+    exporter: Literal["otlp", "file"] = "otlp"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # OTLP over HTTP
+    file: str | None = None  # exporter "file": JSON lines; "{tier}" is replaced; default $TIERFLOW_HOME/traces/
+
+
 class KubernetesSettings(BaseModel):
     """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
 
@@ -240,6 +250,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -163,6 +163,8 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
                 "airflow-pipeline-grid": f"{settings.airflow.api_url}/dags/{PIPELINE_DAG}/runs/{quote(run_id, safe='')}",
                 "mlflow-registry": f"{settings.mlflow.tracking_uri}/#/models",
                 "mlflow-model-edge": f"{settings.mlflow.tracking_uri}/#/models/{settings.app}-edge",
+                **({"prometheus-tier-p95": Prometheus(settings.prometheus.url).graph_url(
+                    f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{settings.app}"}}')} if live is not None else {}),
             }, screenshots, airflow_token=airflow.token())
 
         table = Table(title="tierflow demo")
