@@ -28,6 +28,7 @@ class TierTracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.trace import SpanKind
 
         t = settings.tracing
         self.provider = TracerProvider(
@@ -37,6 +38,7 @@ class TierTracer:
         self.provider.add_span_processor(BatchSpanProcessor(_exporter(settings, tier)))
         self.tracer = self.provider.get_tracer("tierflow.worker")
         self.name, self.tier, self.version = f"tierflow.{tier}", tier, version
+        self._consumer_kind = SpanKind.CONSUMER
 
     @classmethod
     def for_worker(cls, settings: Settings, tier: str, version: str) -> TierTracer | None:
@@ -46,10 +48,8 @@ class TierTracer:
                 confidence: float) -> tuple[str, bytes] | None:
         """Record this tier's span for one request; returns the `traceparent` header a forward carries on
         (None when the trace is not sampled)."""
-        from opentelemetry import trace
-
         parent = _parent(record.headers())
-        span = self.tracer.start_span(self.name, context=parent, kind=trace.SpanKind.CONSUMER,
+        span = self.tracer.start_span(self.name, context=parent, kind=self._consumer_kind,
                                       start_time=received_ms * 1_000_000, attributes={
                                           "tierflow.request_id": request_id, "tierflow.tier": self.tier,
                                           "tierflow.version": self.version, "tierflow.action": action,
