@@ -57,9 +57,10 @@ class EmbeddedBroker:
     """Start/stop one tansu process in its own process group; usable as a context manager."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = 15.0):
+                 startup_timeout_s: float = 15.0, advertised: str | None = None):
         self.host = host
         self.port = port
+        self.advertised = advertised  # "host:port" clients are sent to, e.g. a TLS terminator in front
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -97,7 +98,8 @@ class EmbeddedBroker:
 
     def _spawn_and_wait(self, port: int) -> str:
         url = f"tcp://{self.host}:{port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                "--storage-engine", "memory://tansu/"]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ml.contract import TIERS
+from runtime import scrape_targets
 from runtime.launcher import free_port, http_status, log_tail, spawn, stop_group
 from runtime.settings import Settings, settings_env
 
@@ -46,7 +47,21 @@ class WorkerProcess:
         self.proc = spawn(f"{self.tier} worker", self.argv, self.env, self.log_path,
                           cwd=Path(__file__).resolve().parent.parent, error=WorkerProcessError)
         self.restarts += 1
+        if self.scrape_address:
+            scrape_targets.register(self.settings.home, self.target_name, self.scrape_address,
+                                    {"app": self.settings.app, "tier": self.tier, "replica": "0",
+                                     "version": self.env.get("TIERFLOW_WORKER__VERSION") or self.settings.worker.version})
         return self
+
+    @property
+    def target_name(self) -> str:
+        """This worker's Prometheus target file (runtime.scrape_targets)."""
+        return f"{self.settings.app}-local-{self.tier}-{self.http_port}"
+
+    @property
+    def scrape_address(self) -> str | None:
+        """Where a Prometheus on this machine reaches /metrics (None: it cannot, announce nothing)."""
+        return f"127.0.0.1:{self.http_port}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -78,6 +93,7 @@ class WorkerProcess:
         if self.proc is None:
             return None
         stop_group(self.proc.pid, self.proc, timeout_s)
+        scrape_targets.unregister(self.settings.home, self.target_name)
         return self.proc.wait(10)
 
     def kill(self) -> None:

@@ -23,6 +23,7 @@ from runtime.metrics import WorkerMetrics, observe_many
 from runtime.ownership import Action, AnswerMemory, Pending, PendingForwards, TierClock, window_close
 from runtime.route import Route
 from runtime.settings import Settings
+from runtime.tracing import TierTracer
 from runtime.validation import Rejected, Request
 
 log = logging.getLogger("tierflow.worker")
@@ -58,6 +59,7 @@ class Outputs:
         self._withdrawn_logged = 0.0
         g = self.ws.degrade_grace_ms  # timed answer producers of an upper tier: (timeout ms, kind)
         self._timed_kinds = [(g * 4 ** k, f"answers-{g * 4 ** k}") for k in range(4)]
+        self.tracer = TierTracer.for_worker(settings, route.tier, route.version)  # None: tracing off
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
@@ -108,6 +110,8 @@ class Outputs:
     def flush(self, timeout_s: float = 30) -> None:
         for p in self._producers.values():
             p.flush(timeout_s)
+        if self.tracer is not None:
+            self.tracer.provider.force_flush(int(timeout_s * 1000))
 
     def report(self) -> None:
         """Latencies and bytes of what was sent since the last report, into the metrics (once per batch)."""
@@ -188,9 +192,11 @@ class Outputs:
     def act(self, action: Action, batch: Batch, req: Request, activation: bytes | None, label: int,
             confidence: float, exit_id: int, received: int) -> str | tuple[str, int]:
         """Carry out this tier's decision on one request; returns its outcome, ``("exit", id)`` for answers."""
+        trace = None if self.tracer is None else self.tracer.decided(req.record, req.request_id, received,
+                                                                     action.value, exit_id, confidence)
         if action is Action.FORWARD:
             try:
-                self.forward(batch, req, activation, label, confidence, exit_id, received)
+                self.forward(batch, req, activation, label, confidence, exit_id, received, trace)
                 return "forwarded"
             except BufferError:  # the link to the next tier is backed up: answer now rather than wait
                 action = Action.DEGRADE
@@ -202,12 +208,14 @@ class Outputs:
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
-                received: int) -> None:
+                received: int, trace: tuple[str, bytes] | None = None) -> None:
         """Send the activation to the next tier, stamped with this tier's clock, and remember this tier's own
         prediction for the fallback; the batch's offsets wait until the request is answered."""
         r = self.route
         headers, header_bytes = self.forward_headers.build(req.request_id.encode(), req.origin_ts, req.deadline,
                                                            req.reply_to, req.entry.encode())
+        if trace is not None:  # this tier's span is the parent of the next tier's (runtime.tracing)
+            headers, header_bytes = [*headers, trace], header_bytes + len(trace[0]) + len(trace[1])
         # Not held by the batch: a forward that never arrives (a cut link, a full queue) only means no answer
         # from above, and this tier answers degraded when its window closes.
         self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,

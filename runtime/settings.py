@@ -12,8 +12,9 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml import contract
@@ -27,7 +28,9 @@ def default_home() -> Path:
 
 
 class KafkaSettings(BaseModel):
-    """Broker addresses and client tuning; every link may have its own cluster (edge/fog/cloud sites)."""
+    """Broker addresses, security and client tuning; every link may have its own cluster (edge/fog/cloud sites)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a validation error never echoes a password
 
     bootstrap: str = "127.0.0.1:19092"
     # Per-tier override of the bootstrap servers a tier *consumes* from, e.g. {"fog": "fog-site:9092"}.
@@ -42,6 +45,18 @@ class KafkaSettings(BaseModel):
     # Partitions of topics the runtime creates; a tier scales out to at most this many workers.
     partitions: int = 3
     replication_factor: int = 1
+    # Security of every client (runtime.kafka.security_properties maps these to librdkafka's
+    # security.protocol, ssl.* and sasl.*). CA/certificate/key are PEM file paths; without a CA file the
+    # system's CAs are trusted. On Kubernetes the secrets come from the tier Secret (KubernetesSettings).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None  # client certificate, for brokers that require mutual TLS
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host in bootstrap
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
     # Raw librdkafka properties for every client, then per client kind (override the above).
     extra: dict[str, str] = Field(default_factory=dict)
     producer_extra: dict[str, str] = Field(default_factory=dict)
@@ -49,6 +64,25 @@ class KafkaSettings(BaseModel):
 
     def for_tier(self, tier: str) -> str:
         return self.tier_bootstrap.get(tier, self.bootstrap)
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        """Half a security configuration fails here, not as a broker refusing connections later."""
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                             "sasl_password (TIERFLOW_KAFKA__SASL_*)")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError(f"sasl_* settings are unused with security_protocol {self.security_protocol}: "
+                             "choose SASL_SSL or SASL_PLAINTEXT")
+        tls = self.ssl_ca_location or self.ssl_certificate_location or self.ssl_key_location or self.ssl_key_password
+        if tls and not self.security_protocol.endswith("SSL"):
+            raise ValueError(f"ssl_* settings are unused with security_protocol {self.security_protocol}: "
+                             "choose SSL or SASL_SSL")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ValueError("a client certificate needs its key and the other way round (ssl_certificate_location, "
+                             "ssl_key_location)")
+        return self
 
 
 class WorkerSettings(BaseModel):
@@ -108,6 +142,26 @@ class AirflowSettings(BaseModel):
     password: SecretStr | None = None
 
 
+class PrometheusSettings(BaseModel):
+    """The Prometheus server that scrapes the tier workers (the embedded stack starts one on loopback)."""
+
+    # Not 9090: where Debian's package starts its own system service on machines with systemd.
+    url: str = "http://127.0.0.1:19090"
+    scrape_interval_s: float = 5.0
+    # Retention of the embedded server's time series database.
+    retention: str = "2d"
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans per tier with W3C traceparent across tiers (runtime.tracing); off by default."""
+
+    enabled: bool = False
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of new traces; a traced parent's choice is followed
+    exporter: Literal["otlp", "file"] = "otlp"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # OTLP over HTTP
+    file: str | None = None  # exporter "file": JSON lines; "{tier}" is replaced; default $TIERFLOW_HOME/traces/
+
+
 class KubernetesSettings(BaseModel):
     """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
 
@@ -148,11 +202,11 @@ class StackSettings(BaseModel):
     """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
 
     The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
-    mlflow.tracking_uri, airflow.api_url). SeaweedFS and Airflow open more listeners; each is a port
+    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS and Airflow open more listeners; each is a port
     here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
     """
 
-    services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow"])
+    services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow", "prometheus"])
     # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
     weed_ports: dict[str, int] = Field(default_factory=dict)
     airflow_worker_log_port: int = 0
@@ -183,6 +237,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=str(default_home() / "stack.env"),
         extra="ignore",
+        hide_input_in_errors=True,
     )
 
     app: str = "fmnist"
@@ -194,6 +249,8 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -29,6 +29,11 @@ class SiteWorker(WorkerProcess):
     def argv(self) -> list[str]:
         return site_argv(self.netns, self.group, super().argv)
 
+    @property
+    def scrape_address(self) -> str | None:
+        """None: its /metrics answers inside the site's namespace only, out of the stack Prometheus's reach."""
+        return None
+
     def ready(self) -> bool:
         return self.alive() and in_netns(self.netns, http_status,
                                          f"http://127.0.0.1:{self.http_port}/readyz", 1.0) == 200

@@ -1,4 +1,4 @@
-"""`tierflow stack up|down|status`: the embedded local stack (broker, S3, MLflow, Airflow) on loopback."""
+"""`tierflow stack up|down|status`: the embedded local stack (broker, S3, MLflow, Airflow, Prometheus) on loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _services(only: str | None) -> list[str] | None:
 
 
 @app.command()
-def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: broker,s3,mlflow,airflow "
+def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: broker,s3,mlflow,airflow,prometheus "
                                                      "(what they need is started too)."),
        ) -> None:
     """Start the services and wait until each is healthy; they keep running after this command."""
@@ -92,5 +92,26 @@ def _print_status(stack) -> dict[str, dict[str, object]]:  # noqa: ANN001 - Loca
         ports = list(row["ports"].values()) if row["ports"] else []
         shown = f"{ports[0]}" + (f" +{len(ports) - 1}" if len(ports) > 1 else "") if ports else ""
         table.add_row(name, state, str(row["url"]), str(row["pid"] or ""), shown)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if rows.get("prometheus", {}).get("healthy"):
+        console.print(_prometheus_summary(str(rows["prometheus"]["url"])))
     return rows
+
+
+def _prometheus_summary(url: str) -> str:
+    """What the stack's Prometheus scrapes and evaluates: worker targets up, rules loaded, alerts firing."""
+    from infra.prometheus_api import Prometheus, PrometheusError
+    from runtime.scrape_targets import JOB
+
+    prom = Prometheus(url)
+    try:
+        workers = [t for t in prom.targets() if t["labels"].get("job") == JOB]
+        rules = [r for g in prom.rules() for r in g["rules"]]
+    except PrometheusError as exc:
+        return f"prometheus: {exc}"
+    up = sum(t["health"] == "up" for t in workers)
+    firing = sorted({r["name"] for r in rules if r.get("state") == "firing"})
+    by_tier = ", ".join(f"{t['labels'].get('app')}/{t['labels'].get('tier')} {t['health']}" for t in workers)
+    return (f"prometheus: {up}/{len(workers)} tier worker targets up{f' ({by_tier})' if by_tier else ''}; "
+            f"{len(rules)} rules loaded; firing: {', '.join(firing) or 'none'}")

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ml.contract import TIERS
+
 
 @dataclass
 class DemoTimings:
@@ -84,6 +86,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     from rich.table import Table
 
     from infra.local.stack import LocalStack, load_settings
+    from infra.prometheus_api import Prometheus, live_figures
     from ml.datasets import load_fashion_mnist
     from plugins.pipeline.airflow_rest import AirflowClient
     from plugins.pipeline.common import INGEST_DAG, MONITOR_DAG, PIPELINE_DAG
@@ -94,10 +97,11 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     t0 = time.monotonic()
     timings = DemoTimings()
     stack = LocalStack(load_settings())
-    with console.status("starting the stack (broker, S3, MLflow, Airflow)") as status:
+    with console.status("starting the stack (broker, S3, MLflow, Airflow, Prometheus)") as status:
         settings = stack.up(on_event=lambda s, m: status.update(f"{s}: {m}"))
     timings.stack_s = time.monotonic() - t0
-    console.print(f"[green]stack up[/green] in {timings.stack_s:.0f}s (home {settings.home})")
+    console.print(f"[green]stack up[/green] in {timings.stack_s:.0f}s (home {settings.home}); "
+                  f"Prometheus at {settings.prometheus.url} scrapes the tier workers")
     backend = LocalProcessBackend.from_settings(settings)
     ok = False
     try:
@@ -146,6 +150,9 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         report = simulate(settings, test.x, test.y, rate=rate, timeout_s=120, progress=True,
                           run_id="demo")
         publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows})
+        # Per-tier figures as Prometheus computed them from the workers' metrics (the dashboard's numbers).
+        live = live_figures(settings.prometheus.url, settings.app, len(trained["tiers"]),
+                            settle_s=2 * settings.prometheus.scrape_interval_s)
         plots = save_plots(report, settings.home / "demo", title=f"v{registered['release']}")
         timings.total_s = time.monotonic() - t0
         shots: list[str] = []
@@ -156,6 +163,8 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
                 "airflow-pipeline-grid": f"{settings.airflow.api_url}/dags/{PIPELINE_DAG}/runs/{quote(run_id, safe='')}",
                 "mlflow-registry": f"{settings.mlflow.tracking_uri}/#/models",
                 "mlflow-model-edge": f"{settings.mlflow.tracking_uri}/#/models/{settings.app}-edge",
+                **({"prometheus-tier-p95": Prometheus(settings.prometheus.url).graph_url(
+                    f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{settings.app}"}}')} if live is not None else {}),
             }, screenshots, airflow_token=airflow.token())
 
         table = Table(title="tierflow demo")
@@ -170,6 +179,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
             ("answers per tier", ", ".join(f"{k}: {v}" for k, v in sorted(s["per_tier"].items()))),
             ("degraded / second answers / conflicting", f"{s['degraded']} / {s['duplicates']} / {s['conflicting']}"),
             ("latency p50 / p95 / p99", f"{s['p50_ms']} / {s['p95_ms']} / {s['p99_ms']} ms"),
+            *live_rows(live),
             ("canary", f"{deployed['canary']['accuracy']:.3f} accuracy on {deployed['canary']['new_version_answers']}"
                        if deployed.get("canary") else "off"),
             ("pipeline wall time", f"{timings.pipeline_s:.0f}s (tasks: {timings.stages})"),
@@ -179,6 +189,9 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
             ("Airflow", f"{settings.airflow.api_url}  (login {settings.airflow.username} / password in "
                         f"{stack.paths.env_file}, TIERFLOW_AIRFLOW__PASSWORD)"),
             ("MLflow", f"{settings.mlflow.tracking_uri}/#/models"),
+            ("Prometheus", Prometheus(settings.prometheus.url).graph_url(
+                f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{settings.app}"}}') if live is not None
+             else "not running"),
             ("plots", ", ".join(str(p) for p in plots)),
             ("screenshots", ", ".join(shots) or "-"),
         ]
@@ -188,9 +201,10 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         ok = True
         (settings.home / "demo").mkdir(parents=True, exist_ok=True)
         (settings.home / "demo" / "report.json").write_text(json.dumps(
-            {"summary": s, "timings": timings.__dict__, "release": registered["release"]}, indent=2, default=str))
+            {"summary": s, "timings": timings.__dict__, "release": registered["release"], "prometheus": live},
+            indent=2, default=str))
         return {"summary": s, "trained": trained, "registered": registered, "deployed": deployed,
-                "timings": timings.__dict__}
+                "timings": timings.__dict__, "prometheus": live}
     finally:
         if keep_running and ok:
             console.print("[bold]--keep-running[/bold]: stack and tier workers stay up; "
@@ -200,6 +214,17 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
                 backend.stop_all(settings.app)
                 stack.down()
             console.print("stack stopped")
+
+
+def live_rows(live: dict[str, dict[str, float]] | None) -> list[tuple[str, str]]:
+    """Report rows from Prometheus's recorded series (`infra.prometheus_api.tier_figures`), one per tier."""
+    if live is None:
+        return []
+    return [(f"{tier}: tier p50 / p95 / p99 (Prometheus)",
+             f"{f.get('tier_p50_ms', '-')} / {f.get('tier_p95_ms', '-')} / {f.get('tier_p99_ms', '-')} ms; "
+             f"{f.get('answers_per_s', 0):.1f} answers/s, {100 * f.get('degraded_ratio', 0):.1f} % degraded, "
+             f"{f.get('dlq_per_s', 0):.2f} DLQ/s")
+            for tier, f in sorted(live.items(), key=lambda kv: TIERS.index(kv[0]) if kv[0] in TIERS else 99)]
 
 
 def stop_everything() -> None:

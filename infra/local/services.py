@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from infra.local.process import StackError, http_status, port_open
+from runtime import scrape_targets
 from runtime.settings import Settings, settings_env
 
-SERVICES = ("broker", "s3", "mlflow", "airflow")
+SERVICES = ("broker", "s3", "mlflow", "airflow", "prometheus")
 # Services each one needs running first.
-REQUIRES: dict[str, tuple[str, ...]] = {"broker": (), "s3": (), "mlflow": ("s3",), "airflow": ()}
+REQUIRES: dict[str, tuple[str, ...]] = {"broker": (), "s3": (), "mlflow": ("s3",), "airflow": (), "prometheus": ()}
 WEED_PORTS = {  # name in Settings.stack.weed_ports -> weed mini flag
     "master": "-master.port", "master_grpc": "-master.port.grpc",
     "volume": "-volume.port", "volume_grpc": "-volume.port.grpc",
@@ -30,6 +32,7 @@ WEED_PORTS = {  # name in Settings.stack.weed_ports -> weed mini flag
 }
 AIRFLOW_PORTS = ("worker_log", "trigger_log")
 REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS_RULES = REPO / "infra" / "prometheus" / "tierflow.rules.yml"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ def main_ports(settings: Settings) -> dict[str, tuple[str, int]]:
         "s3": host_port(settings.s3.endpoint_url or "", 8333),
         "mlflow": host_port(settings.mlflow.tracking_uri, 5000),
         "airflow": host_port(settings.airflow.api_url, 8080),
+        "prometheus": host_port(settings.prometheus.url, 19090),
     }
 
 
@@ -213,6 +217,42 @@ def plan_airflow(settings: Settings, paths: StackPaths, ports: dict[str, int]) -
                        files={passwords: json.dumps({user: settings.airflow.password.get_secret_value()})})
 
 
+def prometheus_config(settings: Settings, targets: Path, rules: Path = PROMETHEUS_RULES) -> dict:
+    """Scrape Prometheus itself and every tier worker announced in `targets` (runtime.scrape_targets)."""
+    interval = f"{settings.prometheus.scrape_interval_s:g}s"
+    host, port = main_ports(settings)["prometheus"]
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{port}"]}]},
+            # honor_labels: a worker's own tier/version labels win over the target file's (they agree).
+            {"job_name": scrape_targets.JOB, "honor_labels": True,
+             "file_sd_configs": [{"files": [str(targets / "*.json")], "refresh_interval": interval}]},
+        ],
+    }
+
+
+def plan_prometheus(settings: Settings, paths: StackPaths, ports: dict[str, int]) -> ServicePlan:
+    host, port = main_ports(settings)["prometheus"]
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not Path(binary).exists():
+        raise StackError("prometheus not found; `make install` installs Debian's prometheus package")
+    data = paths.data("prometheus")
+    data.mkdir(parents=True, exist_ok=True)
+    targets = scrape_targets.targets_dir(settings.home)
+    targets.mkdir(parents=True, exist_ok=True)
+    config = data / "prometheus.yml"
+    url = f"http://{host}:{port}"
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={data / 'tsdb'}",
+            f"--storage.tsdb.retention.time={settings.prometheus.retention}",
+            f"--web.listen-address={host}:{port}", "--web.enable-lifecycle"]
+    # JSON is YAML: the config needs no YAML writer.
+    return ServicePlan("prometheus", argv, base_env(), url, {"main": port},
+                       healthy=lambda: http_status(f"{url}/-/ready") == 200, cwd=data, hint="prometheus",
+                       files={config: json.dumps(prometheus_config(settings, targets), indent=2)})
+
+
 def plan_broker_port_check(settings: Settings) -> tuple[str, int]:
     return main_ports(settings)["broker"]
 
@@ -222,5 +262,5 @@ def broker_healthy(host: str, port: int) -> bool:
 
 
 PLANNERS: dict[str, Callable[[Settings, StackPaths, dict[str, int]], ServicePlan]] = {
-    "s3": plan_s3, "mlflow": plan_mlflow, "airflow": plan_airflow,
+    "s3": plan_s3, "mlflow": plan_mlflow, "airflow": plan_airflow, "prometheus": plan_prometheus,
 }

@@ -1,4 +1,5 @@
-"""The embedded local stack: tansu broker, SeaweedFS S3, MLflow server, Airflow standalone on loopback.
+"""The embedded local stack: tansu broker, SeaweedFS S3, MLflow server, Airflow standalone and a
+Prometheus server scraping the local tier workers, on loopback.
 
 Used by `tierflow stack up|down|status` and by the test fixtures (tests/fixtures/stack.py)::
 
@@ -61,6 +62,7 @@ ENV_FILE_KEYS = {  # stack.env key -> how to read it from Settings
     "AIRFLOW__API_URL": lambda s: s.airflow.api_url,
     "AIRFLOW__USERNAME": lambda s: s.airflow.username,
     "AIRFLOW__PASSWORD": lambda s: s.airflow.password.get_secret_value() if s.airflow.password else None,
+    "PROMETHEUS__URL": lambda s: s.prometheus.url,
 }
 
 
@@ -215,7 +217,7 @@ class LocalStack:
     def _check_free(self, name: str, host: str, port: int) -> None:
         if port_open(host, port):
             setting = {"broker": "KAFKA__BOOTSTRAP", "s3": "S3__ENDPOINT_URL", "mlflow": "MLFLOW__TRACKING_URI",
-                       "airflow": "AIRFLOW__API_URL"}[name]
+                       "airflow": "AIRFLOW__API_URL", "prometheus": "PROMETHEUS__URL"}[name]
             raise StackError(f"{name}: {host}:{port} is already in use (another stack or program?). "
                              f"Stop it, or choose another port with {ENV_PREFIX}{setting}.")
 

@@ -87,11 +87,21 @@ def public_settings_env(settings: Settings) -> dict[str, str]:
             if k not in secret and not k.startswith(_NOT_FORWARDED)}
 
 
+def kafka_secret_env(settings: Settings) -> dict[str, str]:
+    """The Kafka secrets the orchestrator uses, as pod env -> key in the tier Secret (the pods then read them
+    by secretKeyRef; TIERFLOW_K8S__SECRET_ENV overrides the key names)."""
+    k = settings.kafka
+    return {env: key for env, key, value in (
+        ("TIERFLOW_KAFKA__SASL_PASSWORD", "kafka-sasl-password", k.sasl_password),
+        ("TIERFLOW_KAFKA__SSL_KEY_PASSWORD", "kafka-ssl-key-password", k.ssl_key_password)) if value is not None}
+
+
 def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec) -> list[k8s.V1EnvVar]:
     """Pod env: runtime settings, the served version, pod IP binding; secrets only by secretKeyRef."""
     from kubernetes.client import models as k8s
 
-    bad = sorted(name for name in spec.env if _SECRET_LIKE.search(name) or name in settings.k8s.secret_env)
+    secret_env = {**kafka_secret_env(settings), **settings.k8s.secret_env}
+    bad = sorted(name for name in spec.env if _SECRET_LIKE.search(name) or name in secret_env)
     if bad:
         raise ValueError(f"TierWorkerSpec.env of tier {spec.tier!r} carries secret-like settings {bad}: put them in the "
                          f"Kubernetes Secret {settings.k8s.secret_name!r} and map them in TIERFLOW_K8S__SECRET_ENV")
@@ -111,9 +121,9 @@ def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec) -> li
         k8s.V1EnvVar(name="POD_IP", value_from=k8s.V1EnvVarSource(
             field_ref=k8s.V1ObjectFieldSelector(field_path="status.podIP"))),
     ]
-    env += [k8s.V1EnvVar(name=k, value=v) for k, v in plain.items() if k not in settings.k8s.secret_env]
+    env += [k8s.V1EnvVar(name=k, value=v) for k, v in plain.items() if k not in secret_env]
     env += [k8s.V1EnvVar(name=k, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
-        name=settings.k8s.secret_name, key=key))) for k, key in sorted(settings.k8s.secret_env.items())]
+        name=settings.k8s.secret_name, key=key))) for k, key in sorted(secret_env.items())]
     return env
 
 

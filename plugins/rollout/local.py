@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
+from runtime import scrape_targets
 from runtime.launcher import (
     SUPERVISOR_MODULE,
     free_port,
@@ -91,10 +92,16 @@ class LocalProcessBackend(RolloutBackend):
                 continue
             if not _alive(st["supervisor_pid"]):
                 f.unlink(missing_ok=True)
+                scrape_targets.unregister(self.home, self._target_name(app, st["version"], f.stem))
                 continue
             st["state_file"] = str(f)
             out.append(st)
         return out
+
+    @staticmethod
+    def _target_name(app: str, version: str, worker: str) -> str:
+        """The worker's Prometheus target file (runtime.scrape_targets); worker is "<tier>-<replica>"."""
+        return f"{app}-v{version}-{worker}"
 
     # -- RolloutBackend ------------------------------------------------------------------------
     def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
@@ -120,6 +127,9 @@ class LocalProcessBackend(RolloutBackend):
                              name=f"v{release.version} {spec.tier}",
                              record={"app": release.app, "version": release.version, "tier": spec.tier,
                                      "replica": replica, "port": port})
+            scrape_targets.register(self.home, self._target_name(release.app, release.version, state_file.stem),
+                                    f"127.0.0.1:{port}", {"app": release.app, "tier": spec.tier,
+                                                          "version": release.version, "replica": str(replica)})
 
     def wait_ready(self, release: Release, spec: TierWorkerSpec, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -164,6 +174,7 @@ class LocalProcessBackend(RolloutBackend):
                     os.killpg(p, signal.SIGKILL)  # the supervisor leads its session: worker goes too
         for f in files:
             f.unlink(missing_ok=True)
+            scrape_targets.unregister(self.home, self._target_name(app, version, f.stem))
         with contextlib.suppress(OSError):
             (self.app_dir(app) / f"v{version}").rmdir()
 

@@ -10,7 +10,10 @@ in batches of `worker.max_batch`, each followed by the cascade decision and noth
 3 paired rounds, median ratios (the machine is shared). Prints records/s and the ratios (target >= 0.8) per tier,
 the worker's Python/Kafka cost per record above the traced baseline, and the machine.
 
-Run: ``.venv/bin/python -m tests.bench.bench_worker [--n 5000] [--tiers edge,cloud,full]``
+With ``--tracing RATIO`` each tier is measured again with OpenTelemetry tracing on (new traces sampled at RATIO,
+spans to a file), and the cost is printed as the ratio of the two worker/traced-predict ratios of the same run.
+
+Run: ``.venv/bin/python -m tests.bench.bench_worker [--n 5000] [--tiers edge,cloud,full] [--tracing 1]``
 or ``.venv/bin/pytest -m bench tests/bench/bench_worker.py -s``.
 """
 
@@ -60,7 +63,7 @@ def keras_predict_rate(model, inputs: np.ndarray, batch: int) -> float:
     return len(inputs) / (time.perf_counter() - t)
 
 
-def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: int = 3) -> list[dict]:
+def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: int = 3, tracing=None) -> list[dict]:
     """Per round: the bare predict rate, then the rate of one TierWorker draining len(inputs) records.
 
     Measured back to back in each round (the worker idles meanwhile), so load from other processes
@@ -69,12 +72,13 @@ def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: 
     from confluent_kafka import Producer
 
     from runtime.kafka import ensure_topics, producer_config
-    from runtime.settings import KafkaSettings, Settings, WorkerSettings
+    from runtime.settings import KafkaSettings, Settings, TracingSettings, WorkerSettings
     from runtime.worker import TierWorker
 
     # No upper tier runs here: forwards stay pending (far deadlines, as before), and stop() does not wait for them.
     settings = Settings(app=f"bench{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap),
-                        worker=WorkerSettings(max_deadline_ms=600_000, drain_timeout_s=1))
+                        worker=WorkerSettings(max_deadline_ms=600_000, drain_timeout_s=1),
+                        tracing=tracing or TracingSettings())
     worker = TierWorker(settings, model, http_port=0, http_host="127.0.0.1")
     topic = worker.route.in_topic
     ensure_topics(settings, [topic])
@@ -116,7 +120,7 @@ def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: 
 
 
 def run(n: int = 5000, tiers: tuple[str, ...] = ("edge", "cloud", "full"), bundle=None, bootstrap=None,
-        width: float = 0.5) -> list[dict]:
+        width: float = 0.5, tracing: float = 0.0) -> list[dict]:
     from ml.bundle import load_tier
     from ml.datasets import load_fashion_mnist
     from runtime.broker import EmbeddedBroker
@@ -144,10 +148,29 @@ def run(n: int = 5000, tiers: tuple[str, ...] = ("edge", "cloud", "full"), bundl
                                for r in rounds) + " rec/s")
             print(f"      worker/keras predict {keras_median:4.2f}, worker/traced predict {median:4.2f} (target >= 0.8); "
                   f"worker cost above the traced predict: {overhead_us:4.1f} us/record")
+            if tracing:
+                rows[-1]["tracing"] = tracing_cost(bootstrap or broker.bootstrap, model, inputs, batch, median, tracing)
     finally:
         if broker is not None:
             broker.stop()
     return rows
+
+
+def tracing_cost(bootstrap: str, model, inputs: np.ndarray, batch: int, off_ratio: float, sample_ratio: float) -> dict:
+    """The same worker with tracing on (spans of sampled requests to a file): its worker/traced-predict
+    ratio against the one just measured with tracing off, each against the bare predict of its own rounds."""
+    import tempfile
+
+    from runtime.settings import TracingSettings
+
+    out = tempfile.mkdtemp(prefix="tierflow-bench-traces-")
+    rounds = paired_rates(bootstrap, model, inputs, batch, tracing=TracingSettings(
+        enabled=True, exporter="file", file=f"{out}/{{tier}}.jsonl", sample_ratio=sample_ratio))
+    on_ratio = _median([r["ratio"] for r in rounds])
+    print(f"      tracing on (sample ratio {sample_ratio:g}, file exporter): worker/traced predict {on_ratio:4.2f}; "
+          f"tracing on / off {on_ratio / off_ratio:4.2f}")
+    return {"sample_ratio": sample_ratio, "on_ratio": on_ratio, "off_ratio": off_ratio,
+            "on_over_off": on_ratio / off_ratio}
 
 
 def _median(values: list[float]) -> float:
@@ -166,5 +189,7 @@ if __name__ == "__main__":
     ap.add_argument("--tiers", default="edge,cloud,full")
     ap.add_argument("--bundle", default=None)
     ap.add_argument("--width", type=float, default=0.5, help="channel width of the benchmark bundle's CNN")
+    ap.add_argument("--tracing", type=float, default=0.0, metavar="SAMPLE_RATIO",
+                    help="also measure each tier with OpenTelemetry tracing on at this sample ratio (0: not)")
     args = ap.parse_args()
-    run(args.n, tuple(args.tiers.split(",")), args.bundle, width=args.width)
+    run(args.n, tuple(args.tiers.split(",")), args.bundle, width=args.width, tracing=args.tracing)

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 SCHEMA_VERSION = "1.29"
 STRIMZI = "kafka.strimzi.io/v1beta2"
+MONITORING = "monitoring.coreos.com/v1"
+RULES = ROOT / "infra" / "prometheus" / "tierflow.rules.yml"
+PROMETHEUS_RULE = K8S / "monitoring" / "prometheusrule.yaml"
 CONTRACT_TOPICS = ("requests", "results", "dlq", "training", "feedback")
 
 
@@ -48,7 +51,7 @@ def validate(manifest: dict) -> None:
 @pytest.mark.parametrize("overlay", ["testbed", "production"])
 def test_overlay_renders_and_every_builtin_manifest_is_valid(overlay):
     manifests = render(overlay)
-    builtin = [m for m in manifests if not m["apiVersion"].startswith("kafka.strimzi.io/")]
+    builtin = [m for m in manifests if not m["apiVersion"].startswith(("kafka.strimzi.io/", "monitoring.coreos.com/"))]
     for m in builtin:
         validate(m)
         assert m["metadata"].get("namespace", "tierflow") == "tierflow" or m["kind"] == "Namespace"
@@ -167,3 +170,40 @@ def test_dockerfile_lints_clean_and_runs_non_root(dockerfile):
 def test_dockerignore_keeps_the_build_context_small():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests", ".tierflow"} <= set(ignored)
+
+
+def write_prometheus_rule() -> None:
+    """Rewrite infra/k8s/monitoring/prometheusrule.yaml from the embedded stack's rule file."""
+    head = [line for line in PROMETHEUS_RULE.read_text().splitlines(keepends=True) if line.startswith("#")]
+    doc = {"apiVersion": MONITORING, "kind": "PrometheusRule",
+           "metadata": {"name": "tierflow", "labels": {"app.kubernetes.io/name": "tierflow"}},
+           "spec": {"groups": yaml.safe_load(RULES.read_text())["groups"]}}
+    PROMETHEUS_RULE.write_text("".join(head) + yaml.safe_dump(doc, sort_keys=False, width=110))
+
+
+def test_production_monitors_the_tier_pods_with_the_embedded_stacks_rules():
+    """Prometheus Operator CRs (no schema offline): checked against what the operator and the tier pods
+    need. The PodMonitor selects the pods the rollout builds, on their container port; the PrometheusRule
+    holds exactly the rules the embedded stack's Prometheus loads."""
+    monitoring = {m["kind"]: m for m in render("production") if m["apiVersion"].startswith("monitoring.coreos.com/")}
+    assert set(monitoring) == {"PodMonitor", "PrometheusRule"}
+    assert all(m["apiVersion"] == MONITORING and m["metadata"]["namespace"] == "tierflow" for m in monitoring.values())
+    rule = monitoring["PrometheusRule"]
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"], (
+        "prometheusrule.yaml differs from infra/prometheus/tierflow.rules.yml: run write_prometheus_rule()")
+
+    settings = Settings(_env_file=None, app="fmnist", k8s=KubernetesSettings())
+    spec = TierWorkerSpec("edge", "models:/fmnist-edge/3")
+    deployment = tier_deployment(settings, Release(app="fmnist", version="3", tiers=(spec,)), spec)
+    pod_labels = deployment.spec.template.metadata.labels
+    monitor = monitoring["PodMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    ports = {p.name for c in deployment.spec.template.spec.containers for p in c.ports or []}
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert relabel["job"]["replacement"] == "tierflow-workers"  # what TierflowTierDown selects
+    for target in ("app", "tier", "version"):
+        (source,) = relabel[target]["sourceLabels"]
+        pod_label = re.sub(r"[^a-zA-Z0-9_]", "_", f"tierflow.io/{target}")
+        assert source == f"__meta_kubernetes_pod_label_{pod_label}" and f"tierflow.io/{target}" in pod_labels

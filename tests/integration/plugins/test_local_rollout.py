@@ -15,6 +15,7 @@ from plugins.pipeline.deploy import canary_samples, run_canary
 from plugins.rollout.base import Release, TierWorkerSpec
 from plugins.rollout.local import LocalProcessBackend
 from plugins.rollout.procedure import CanaryPolicy, rollout
+from runtime import scrape_targets
 from runtime.settings import settings_env
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,13 @@ def backend(kafka_settings):
     yield b
     b.stop_all(kafka_settings.app, timeout_s=10)
     assert b.running(kafka_settings.app) == {}
+    assert scrape_targets.registered(kafka_settings.home) == []  # Prometheus stops scraping them
+
+
+def announced(settings) -> dict[tuple[str, str], str]:
+    """(version, tier) -> address of the workers announced to Prometheus (runtime.scrape_targets)."""
+    return {(g["labels"]["version"], g["labels"]["tier"]): g["targets"][0]
+            for g in scrape_targets.registered(settings.home) if g["labels"]["app"] == settings.app}
 
 
 def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, tiny_bundle, backend):
@@ -50,6 +58,7 @@ def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, ti
     assert out1.promoted, out1.problems
     assert out1.canary.new_version_answers == 60 and out1.canary.answered == 60
     assert backend.running(app) == {"1": ["cloud", "edge", "fog"]} or sorted(backend.running(app)["1"]) == sorted(TIERS)
+    assert announced(settings) == {("1", w["tier"]): f"127.0.0.1:{w['port']}" for w in backend.workers(app, "1")}
 
     # 2. kill -9 the fog worker: its supervisor restarts it and it gets ready again
     (fog,) = backend.workers(app, "1", "fog")
@@ -78,6 +87,7 @@ def test_rollouts_with_canary_crash_restart_load_and_rollback(kafka_settings, ti
     assert out2.promoted, out2.problems
     assert out2.retired == ["1/edge", "1/fog", "1/cloud"]
     assert sorted(backend.running(app)) == ["2"]
+    assert set(announced(settings)) == {("2", t) for t in TIERS}
     (report,) = reports
     assert report.missing == 0 and report.answered == len(load_x), report.summary()
     # A consumer-group rebalance pauses the edge for ~3 s on the embedded broker; with a deadline above
