@@ -33,6 +33,7 @@ log = logging.getLogger("tierflow.worker")
 
 MAX_UNACKNOWLEDGED_BATCHES = 8
 PIPELINE_DEPTH = 1  # micro-batches inferring while the main thread decodes the next one
+COMMIT_INTERVAL_S = 0.1  # offsets are committed at most this often (and at every drain); a replay is harmless
 
 
 class WorkerError(RuntimeError):
@@ -65,6 +66,7 @@ class TierWorker:
         self._stop = threading.Event()
         self._assigned = False
         self._heartbeat = time.monotonic()
+        self._committed = 0.0  # time.monotonic() of the last commit
         self._in_progress: dict[str, str] = {}  # request id -> entry, staged and not yet published
         self._staged: deque[Staged] = deque()
         self.inference = InferenceThread(model, is_last=self.route.out_topic is None, name=self.tier,
@@ -279,6 +281,10 @@ class TierWorker:
         stops the worker without committing its batch, so its records are consumed again after a restart."""
         self.outputs.serve_deliveries()
         self.outputs.report()
+        now = time.monotonic()
+        if not final and now - self._committed < COMMIT_INTERVAL_S:
+            return
+        self._committed = now
         try:
             self.ledger.commit(self._consumer, final)
         except BrokerRejected as exc:
