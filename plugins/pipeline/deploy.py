@@ -92,11 +92,11 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
     if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
-    from plugins.hooks.kafka import KafkaClusterHook
+    from plugins.hooks.connected import connected_settings
     from plugins.hooks.mlflow import MlflowRegistryHook
 
-    # Workers and the canary use the Kafka cluster of Airflow Connection `tierflow_kafka`, else the settings'.
-    settings = KafkaClusterHook(settings=settings).client_settings()
+    # Workers and the canary use the Kafka, S3 and MLflow of the Airflow Connections, else the settings'.
+    settings = connected_settings(settings)
     backend = backend or make_backend(cfg["backend"], settings)
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
                            backend=cfg["backend"], http_port=settings.worker.http_port)

@@ -65,9 +65,11 @@ def test_gate_stops_a_model_below_the_accuracy_floor():
 def test_gate_step_stops_the_first_release_of_a_broken_model(monkeypatch):
     import ml.registry
     from plugins.pipeline.ml_steps import gate_step
+    from runtime.settings import Settings
 
+    settings = Settings(_env_file=None)
     monkeypatch.setattr(ml.registry, "champion_metrics", lambda app, uri: None)  # no champion yet
     trained = {"test_accuracy": 0.1, **TEN}
     with pytest.raises(RuntimeError, match="gate: candidate rejected.*sanity check: test accuracy 0.1000 is not"):
-        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained)
-    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9})["passed"]
+        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained, settings)
+    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9}, settings)["passed"]
