@@ -78,7 +78,7 @@ def registration_to_serving(task_instances: list[dict]) -> float | None:
     return gap
 
 
-def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, keep_running: bool,
+def run_demo(*, train_samples: int, epochs: int | None, requests: int, rate: float, keep_running: bool,
              canary_requests: int = 200, screenshots: str | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
@@ -87,7 +87,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     from ml.datasets import load_fashion_mnist
     from plugins.pipeline.airflow_rest import AirflowClient
     from plugins.pipeline.common import INGEST_DAG, MONITOR_DAG, PIPELINE_DAG
-    from plugins.rollout.local import LocalProcessBackend
+    from plugins.pipeline.params import PARAM_SPECS
     from runtime.client import publish_feedback, publish_training, save_plots, simulate
 
     console = Console()
@@ -98,7 +98,6 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         settings = stack.up(on_event=lambda s, m: status.update(f"{s}: {m}"))
     timings.stack_s = time.monotonic() - t0
     console.print(f"[green]stack up[/green] in {timings.stack_s:.0f}s (home {settings.home})")
-    backend = LocalProcessBackend.from_settings(settings)
     ok = False
     try:
         airflow = AirflowClient.from_settings(settings)
@@ -122,7 +121,11 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         console.print(f"ingest: dataset {dataset_uri} ({timings.ingest_s:.0f}s)")
 
         t = time.monotonic()
-        conf = {"dataset": dataset_uri, "epochs": epochs, "canary_requests": canary_requests}
+        # The pipeline's own defaults unless asked otherwise: the champion is then what a run with the
+        # defaults on the same data reproduces (and may replace at the gate).
+        conf = {"dataset": dataset_uri, **({"epochs": epochs} if epochs is not None else {})}
+        if canary_requests != PARAM_SPECS["canary_requests"][0]:
+            conf["canary_requests"] = canary_requests
         airflow.set_paused(PIPELINE_DAG, False)
         run_id = airflow.trigger(PIPELINE_DAG, conf)
         console.print(f"triggered {PIPELINE_DAG} run {run_id} with {json.dumps(conf)}")
@@ -194,21 +197,18 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     finally:
         if keep_running and ok:
             console.print("[bold]--keep-running[/bold]: stack and tier workers stay up; "
-                          "`tierflow stack down` stops the stack (and the workers: `tierflow demo --stop`).")
+                          "`tierflow stack down` stops all of it.")
         else:
             with console.status("stopping tier workers and the stack"):
-                backend.stop_all(settings.app)
-                stack.down()
-            console.print("stack stopped")
+                stopped = stack.down()
+            console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
-def stop_everything() -> None:
+def stop_everything() -> list[str]:
+    """What `tierflow stack down` stops: every tier worker, then every service; returns what stopped."""
     from infra.local.stack import LocalStack, load_settings
-    from plugins.rollout.local import LocalProcessBackend
 
-    settings = load_settings()
-    LocalProcessBackend.from_settings(settings).stop_all(settings.app)
-    LocalStack(settings).down()
+    return LocalStack(load_settings()).down()
 
 
 # -- screenshots of the UIs (headless Chromium over the DevTools protocol) --------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.contract import CANARY, CANARY_ID_PREFIX, TRAFFIC_HEADER
 from plugins.rollout.base import Release, RolloutBackend, TierWorkerSpec
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, RolloutOutcome, rollout
 
@@ -53,7 +54,7 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
     """Send labeled requests to APP.requests; judge the answers the new version gave (by model_version)."""
     from runtime.client import DeviceClient
 
-    prefix = f"canary-{release.version}-{uuid.uuid4().hex[:6]}"
+    prefix = f"{CANARY_ID_PREFIX}{release.version}-{uuid.uuid4().hex[:6]}"
     ids = [f"{prefix}-{i}" for i in range(len(x))]
     with DeviceClient(settings) as client:
         start = time.monotonic()
@@ -61,7 +62,7 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            client.send(rid, x[i])
+            client.send(rid, x[i], extra_headers={TRAFFIC_HEADER: CANARY})
         client.wait_all(timeout_s)
         answers = dict(client.answers)
         sent_ms = dict(client.sent_ms)
