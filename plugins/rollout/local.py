@@ -10,8 +10,9 @@ port, restarts, last exit code, log path). There is no daemon whose death would 
 nothing to bootstrap first, and the file system is the registry any later process can read.
 Worker logs go to ``$TIERFLOW_HOME/workers/<app>/logs/``.
 
-The supervisor and the process primitives are the one local launcher, `runtime.launcher`, which
-`tierflow serve-local`, the tests' deployments and the embedded stack use too.
+The supervisor and the process primitives are the one local launcher, `runtime.launcher`, which the
+tests' deployments and the embedded stack use too; `tierflow serve-local` runs this backend itself
+(`plugins.rollout.serve_local`), and `tierflow stack down` stops every worker it started (`stop_everything`).
 """
 
 from __future__ import annotations
