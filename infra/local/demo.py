@@ -211,90 +211,23 @@ def stop_everything() -> list[str]:
     return LocalStack(load_settings()).down()
 
 
-# -- screenshots of the UIs (headless Chromium over the DevTools protocol) --------------------------------
-def _cdp_screenshot(ws_url: str, url: str, out: str, cookies: list[dict], width: int, height: int,
-                    settle_s: float) -> None:
-    import base64
-
-    from websockets.sync.client import connect
-
-    with connect(ws_url, max_size=64 * 2**20) as ws:
-        seq = 0
-
-        def call(method: str, **params: Any) -> dict:
-            nonlocal seq
-            seq += 1
-            ws.send(json.dumps({"id": seq, "method": method, "params": params}))
-            while True:
-                msg = json.loads(ws.recv())
-                if msg.get("id") == seq:
-                    if "error" in msg:
-                        raise RuntimeError(f"{method}: {msg['error']}")
-                    return msg.get("result", {})
-
-        call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-        for c in cookies:
-            call("Network.setCookie", **c)
-        call("Page.navigate", url=url)
-        time.sleep(settle_s)
-        # Dismiss "what's new" dialogs and side panels so the page itself is visible.
-        call("Runtime.evaluate", expression=(
-            "document.querySelectorAll('[aria-label=\"Close\"], [aria-label=\"close\"], "
-            "button[aria-label*=\"Close\"]').forEach(b => b.click())"))
-        time.sleep(1.5)
-        data = call("Page.captureScreenshot", format="png")["data"]
-    with open(out, "wb") as f:
-        f.write(base64.b64decode(data))
-
-
+# -- screenshots of the UIs (headless Chromium, infra.local.browser) -------------------------------------
 def take_screenshots(settings: Any, pages: dict[str, str], out_dir: str, *, airflow_token: str | None = None,
                      width: int = 1500, height: int = 900, settle_s: float = 8.0) -> list[str]:
     """PNG of each {name: url}, logged in to Airflow with its JWT cookie. Needs Debian's chromium."""
-    import shutil
-    import subprocess
-    import tempfile
-    import urllib.parse
-    import urllib.request
     from pathlib import Path
 
-    from infra.local.process import free_port
+    from infra.local.browser import airflow_cookie, chromium_page
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        raise RuntimeError("chromium not found: apt-get install -y chromium")
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="tierflow-chromium-")
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                             "--disable-background-networking", f"--remote-debugging-port={port}",
-                             f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cookies = [airflow_cookie(settings.airflow.api_url, airflow_token)] if airflow_token else []
     out = []
-    try:
-        deadline = time.monotonic() + 30
-        targets = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:  # noqa: S310
-                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-                if targets:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        if not targets:
-            raise RuntimeError("headless chromium did not open its DevTools port")
-        ws_url = targets[0]["webSocketDebuggerUrl"]
-        host = urllib.parse.urlparse(settings.airflow.api_url).hostname
-        cookies = [{"name": "_token", "value": airflow_token, "domain": host, "path": "/"}] if airflow_token else []
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with chromium_page() as page:
         for name, url in pages.items():
-            path = str(Path(out_dir) / f"{name}.png")
-            _cdp_screenshot(ws_url, url, path, cookies, width, height, settle_s)
-            out.append(path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+            page.open(url, cookies, width, height)
+            time.sleep(settle_s)
+            # Dismiss "what's new" dialogs and side panels so the page itself is visible.
+            page.evaluate("document.querySelectorAll('[aria-label=\"Close\"], [aria-label=\"close\"], "
+                          "button[aria-label*=\"Close\"]').forEach(b => b.click())")
+            time.sleep(1.5)
+            out.append(page.screenshot(Path(out_dir) / f"{name}.png"))
     return out

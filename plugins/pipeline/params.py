@@ -123,7 +123,10 @@ def _parse_tier_map(text: str) -> dict[str, list[int | str]]:
 
 
 def _list_param(value: Any) -> Any:
-    """Lists may come from the form or REST as JSON text ("[1, 0.5]") or "1,0.5"; empty means None."""
+    """Lists may come from the form or REST as JSON text ("[1, 0.5]") or "1,0.5"; empty means None (the
+    trigger form sends an untouched null list as [])."""
+    if isinstance(value, list) and not value:
+        return None
     if isinstance(value, str):
         text = value.strip()
         if not text:
