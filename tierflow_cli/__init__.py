@@ -15,7 +15,8 @@ from runtime.cli import app as runtime_app
 
 app = typer.Typer(no_args_is_help=True, help=__doc__.split("\n\n")[0], pretty_exceptions_show_locals=False)
 app.add_typer(ml_app, name="ml", help="Train, calibrate, partition and evaluate multi-exit models.")
-app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack.")
+app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack (`down` stops the "
+                                            "tier workers too).")
 app.add_typer(continuum_app, name="continuum", help="Edge, fog and cloud as emulated sites with real link delay, "
                                                     "bandwidth and CPU limits (needs root).")
 app.registered_commands.extend(runtime_app.registered_commands)  # broker, worker, simulate, ...
