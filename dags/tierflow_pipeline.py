@@ -11,6 +11,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from plugins.pipeline.common import PIPELINE_DAG, dataset_asset, ml_python
+from plugins.pipeline.connections import pass_connections
 from plugins.pipeline.params import PARAM_SPECS
 
 ML_PYTHON = ml_python()
@@ -48,24 +49,29 @@ def tierflow_pipeline():
 
         return resolve_dataset_uri(cfg.get("dataset", ""), triggering_asset_events)
 
-    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    # The ML steps run in the ML interpreter; `pass_connections` gives it the S3, MLflow and Kafka of the
+    # Airflow Connections (else the settings) as its environment, read there as the settings.
+    @task.external_python(python=ML_PYTHON, expect_airflow=False, pre_execute=pass_connections)
     def train_calibrate_partition(cfg: dict, dataset_uri: str) -> dict:
         from plugins.pipeline.ml_steps import train_calibrate_partition
-        from runtime.settings import get_settings
+        from runtime.settings import Settings
 
-        return train_calibrate_partition(cfg, dataset_uri, str(get_settings().home / "bundles"))
+        settings = Settings()
+        return train_calibrate_partition(cfg, dataset_uri, settings, str(settings.home / "bundles"))
 
-    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    @task.external_python(python=ML_PYTHON, expect_airflow=False, pre_execute=pass_connections)
     def gate(cfg: dict, trained: dict) -> dict:
         from plugins.pipeline.ml_steps import gate_step
+        from runtime.settings import Settings
 
-        return gate_step(cfg, trained)
+        return gate_step(cfg, trained, Settings())
 
-    @task.external_python(python=ML_PYTHON, expect_airflow=False)
+    @task.external_python(python=ML_PYTHON, expect_airflow=False, pre_execute=pass_connections)
     def register(trained: dict, verdict: dict) -> dict:
         from plugins.pipeline.ml_steps import register_step
+        from runtime.settings import Settings
 
-        return register_step(trained)
+        return register_step(trained, Settings())
 
     @task
     def deploy(cfg: dict, trained: dict, registered: dict) -> dict:

@@ -13,6 +13,13 @@ CLOUD_ONLY = (FULL,)
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 
+# Canary traffic of a rollout: its request ids start with this and its requests carry the header
+# TRAFFIC_HEADER = CANARY, so the monitor keeps it out of live accuracy and exit-rate drift (it never gets
+# feedback, and its answers say how a release behaves on test images, not on live traffic).
+CANARY = "canary"
+CANARY_ID_PREFIX = f"{CANARY}-"
+TRAFFIC_HEADER = "tf-traffic"
+
 # Topic kinds of one application APP: APP.<kind>.
 TOPIC_KINDS = ("requests", "results", "dlq", "training", "feedback")
 

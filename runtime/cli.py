@@ -1,4 +1,4 @@
-"""The data-plane commands of `tierflow` (broker, worker, serve-local, simulate, publish-training).
+"""The data-plane commands of `tierflow` (broker, worker, simulate, publish-training).
 
 The assembled `tierflow` command (`tierflow_cli`) adds these to its own; `python -m runtime.cli` runs
 them alone (rollout backends need only `worker`). Heavy imports stay inside commands.
@@ -71,52 +71,6 @@ def worker(
     except WorkerError as exc:
         typer.echo(f"error: {tier} worker stopped: {exc}", err=True)
         raise typer.Exit(3) from exc
-
-
-@app.command("serve-local")
-def serve_local(
-    model_uri: str = typer.Option(..., help="Bundle directory (or models:/ URI for --cloud-only)."),
-    cloud_only: bool = typer.Option(False, "--cloud-only", help="Serve the unpartitioned model alone "
-                                                                "(tier 'full') instead of edge/fog/cloud."),
-    broker: bool = typer.Option(True, help="Start the embedded broker on TIERFLOW_KAFKA__BOOTSTRAP's port "
-                                           "unless something already listens there."),
-) -> None:
-    """Run a local deployment (one supervised worker process per tier) until Ctrl-C/SIGTERM."""
-    import signal
-    import threading
-
-    from ml.contract import CLOUD_ONLY, TIERS
-    from runtime.broker import EmbeddedBroker, port_open
-    from runtime.local import LocalDeployment, WorkerProcessError
-    from runtime.settings import get_settings
-
-    settings = get_settings()
-    host, port = settings.kafka.bootstrap.rsplit(":", 1)
-    embedded = None
-    if broker and not port_open(host, int(port)):
-        embedded = EmbeddedBroker(host=host, port=int(port), log_path=settings.home / "logs" / "broker.log")
-        embedded.start()
-        typer.echo(f"embedded broker on {embedded.bootstrap}")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    deployment = LocalDeployment(settings, model_uri, settings.home / "logs",
-                                 tiers=CLOUD_ONLY if cloud_only else TIERS)
-    try:
-        deployment.start()
-        for tier, w in deployment.workers.items():
-            typer.echo(f"{tier:6s} ready  pid {w.proc.pid}  http://127.0.0.1:{w.http_port}/metrics  log {w.log_path}")
-        typer.echo(f"send requests to {settings.topic('requests')} on {settings.kafka.bootstrap}; Ctrl-C stops")
-        while not stop.wait(1.0):
-            for tier in deployment.supervise_once():
-                typer.echo(f"{tier} worker exited; restarted (see {deployment[tier].log_path})", err=True)
-    except WorkerProcessError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        deployment.stop()
-        if embedded is not None:
-            embedded.stop()
 
 
 def _fashion_mnist(split: str, n: int, offset: int):

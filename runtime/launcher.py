@@ -1,8 +1,8 @@
 """The one local process launcher: every process tierflow starts on this machine goes through here.
 
 Users: the local rollout backend (`plugins.rollout.local`, supervised tier workers that outlive the
-Airflow task), `tierflow serve-local` and the tests' deployments (`runtime.local`), the embedded stack's
-services (`infra.local.stack`) and the demo (through the rollout backend).
+Airflow task; `tierflow serve-local` and the demo run them too), the tests' deployments (`runtime.local`)
+and the embedded stack's services (`infra.local.stack`).
 
 - :func:`spawn` starts argv as the leader of a new session (``setsid``), stdout+stderr appended to a
   log file; :func:`stop_group` stops the whole session (SIGTERM, then SIGKILL), so children go too.

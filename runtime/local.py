@@ -1,8 +1,8 @@
-"""Tier workers as local processes watched by the caller: `tierflow serve-local` and the tests.
+"""Tier workers as local processes watched by the caller: the tests' deployments and the continuum testbed.
 
 Each worker is started, probed and stopped by the one local launcher (`runtime.launcher`), as the
-rollout backend's supervised workers are; here the caller restarts crashed workers
-(`LocalDeployment.supervise_once`) and can kill one on purpose (fault injection).
+rollout backend's supervised workers are (which `tierflow serve-local` runs); here no supervisor restarts
+a worker: the caller does (`LocalDeployment.supervise_once`), and can kill one on purpose (fault injection).
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ class S3Settings(BaseModel):
     region: str = "us-east-1"
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None  # temporary credentials (an assumed role's)
 
 
 class MlflowSettings(BaseModel):

@@ -15,20 +15,62 @@ from runtime.cli import app as runtime_app
 
 app = typer.Typer(no_args_is_help=True, help=__doc__.split("\n\n")[0], pretty_exceptions_show_locals=False)
 app.add_typer(ml_app, name="ml", help="Train, calibrate, partition and evaluate multi-exit models.")
-app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack.")
+app.add_typer(stack_app, name="stack", help="Start, check and stop the embedded local stack (`down` stops the "
+                                            "tier workers too).")
 app.add_typer(continuum_app, name="continuum", help="Edge, fog and cloud as emulated sites with real link delay, "
                                                     "bandwidth and CPU limits (needs root).")
-app.registered_commands.extend(runtime_app.registered_commands)  # broker, worker, serve-local, simulate, ...
+app.registered_commands.extend(runtime_app.registered_commands)  # broker, worker, simulate, ...
+
+
+@app.command("serve-local")
+def serve_local(
+    model_uri: str = typer.Option(..., help="Bundle directory (or models:/ URI for --cloud-only)."),
+    cloud_only: bool = typer.Option(False, "--cloud-only", help="Serve the unpartitioned model alone "
+                                                                "(tier 'full') instead of edge/fog/cloud."),
+    broker: bool = typer.Option(True, help="Start the embedded broker on TIERFLOW_KAFKA__BOOTSTRAP's port "
+                                           "unless something already listens there."),
+) -> None:
+    """Serve a model on local tier workers until Ctrl-C/SIGTERM: the rollout's supervised workers, started
+    in the rollout's order (cloud and fog, then the edge) and restarted by their supervisors if they crash."""
+    import signal
+    import threading
+
+    from ml.contract import CLOUD_ONLY, TIERS
+    from plugins.rollout.base import RolloutError
+    from plugins.rollout.serve_local import serve
+    from runtime.broker import EmbeddedBroker, port_open
+    from runtime.settings import get_settings
+
+    settings = get_settings()
+    host, port = settings.kafka.bootstrap.rsplit(":", 1)
+    embedded = None
+    if broker and not port_open(host, int(port)):
+        embedded = EmbeddedBroker(host=host, port=int(port), log_path=settings.home / "logs" / "broker.log")
+        embedded.start()
+        typer.echo(f"embedded broker on {embedded.bootstrap}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve(settings, model_uri, CLOUD_ONLY if cloud_only else TIERS, stop, echo=typer.echo)
+    except RolloutError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @app.command()
 def demo(
     train_samples: int = typer.Option(60000, help="Fashion-MNIST training samples streamed into APP.training."),
-    epochs: int = typer.Option(5, help="Training epochs (pipeline parameter)."),
+    epochs: int = typer.Option(None, help="Training epochs (pipeline parameter; default: the pipeline's own "
+                                          "default, so a later run with the defaults can replace the champion)."),
     requests: int = typer.Option(2000, help="Test requests streamed through the tiers at the end."),
     rate: float = typer.Option(200.0, help="Requests per second of the test stream."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack and tier workers up."),
-    stop: bool = typer.Option(False, "--stop", help="Only stop what a --keep-running demo left up."),
+    stop: bool = typer.Option(False, "--stop", help="Only stop what a --keep-running demo left up "
+                                                    "(the same as `tierflow stack down`)."),
     screenshots: str = typer.Option(None, help="Directory for PNG screenshots of the Airflow grid and MLflow "
                                                "registry (needs Debian's chromium)."),
 ) -> None:
@@ -36,7 +78,8 @@ def demo(
     from infra.local import demo as demo_mod
 
     if stop:
-        demo_mod.stop_everything()
+        stopped = demo_mod.stop_everything()
+        typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         return
     try:
         demo_mod.run_demo(train_samples=train_samples, epochs=epochs, requests=requests, rate=rate,
@@ -44,3 +87,43 @@ def demo(
     except Exception as exc:  # noqa: BLE001 - one clear line for the user; details were printed above
         typer.echo(f"error: demo failed: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def monitor(
+    unpause: bool = typer.Option(False, "--unpause", help="Unpause the monitor DAG first (it then also runs every "
+                                                          "15 minutes), instead of stopping with a hint."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the run."),
+) -> None:
+    """Run the monitor now through Airflow and say what it measured and whether (and why) it retrains."""
+    from infra.local.stack import load_settings
+    from plugins.pipeline.airflow_rest import AirflowApiError, AirflowClient
+    from plugins.pipeline.common import MONITOR_DAG
+
+    client = AirflowClient.from_settings(load_settings())
+    try:
+        if client.paused(MONITOR_DAG):
+            if not unpause:
+                typer.echo(f"{MONITOR_DAG} is paused (as Airflow creates it): a run would stay queued. Unpause it "
+                           "with the toggle in the Airflow UI or `tierflow monitor --unpause`.", err=True)
+                raise typer.Exit(1)
+            client.set_paused(MONITOR_DAG, False)
+            typer.echo(f"{MONITOR_DAG} unpaused; it also runs every 15 minutes from now on")
+        run_id = client.trigger(MONITOR_DAG)
+        typer.echo(f"triggered {MONITOR_DAG} run {run_id}")
+        run = client.wait_run(MONITOR_DAG, run_id, timeout)
+        if run["state"] != "success":
+            typer.echo(f"error: monitor run {run['state']}:\n{client.failure_report(MONITOR_DAG, run_id)}", err=True)
+            raise typer.Exit(1)
+        report = client.xcom(MONITOR_DAG, run_id, "measure")
+    except AirflowApiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    stats = report["stats"]
+    accuracy = "n/a" if stats["accuracy"] is None else f"{stats['accuracy']:.3f}"
+    typer.echo(f"live: {stats['results']} answers, {stats['joined']} with feedback, accuracy {accuracy}, "
+               f"answers per tier {stats['tier_fractions']} (expected {report['expected']})")
+    if report["reasons"]:
+        typer.echo("retraining (a run of the pipeline was triggered) because: " + "; ".join(report["reasons"]))
+    else:
+        typer.echo("healthy: no retraining")

@@ -49,8 +49,10 @@ def up(only: str = typer.Option(None, "--only", help="Comma-separated subset: br
 
 
 @app.command()
-def down(only: str = typer.Option(None, "--only", help="Comma-separated subset to stop (default: all).")) -> None:
-    """Stop the services (whole process groups, so nothing is left running)."""
+def down(only: str = typer.Option(None, "--only", help="Comma-separated subset of services to stop (default: "
+                                                       "everything, the tier workers included).")) -> None:
+    """Stop everything the stack, the pipeline's rollouts, the demo and serve-local started here: the tier
+    workers first (graceful drain), then the services (whole process groups). Says what it stopped."""
     from rich.console import Console
 
     from infra.local.stack import LocalStack, load_settings
@@ -60,7 +62,14 @@ def down(only: str = typer.Option(None, "--only", help="Comma-separated subset t
     started = time.monotonic()
     with console.status("stopping") as status:
         stopped = stack.down(_services(only), on_event=lambda s, m: status.update(f"{s}: {m}"))
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'} ({time.monotonic() - started:.1f}s)")
+    workers = [s.removeprefix("worker ") for s in stopped if s.startswith("worker ")]
+    services = [s for s in stopped if not s.startswith("worker ")]
+    if workers:
+        console.print(f"stopped tier workers: {', '.join(workers)}")
+    console.print(f"stopped services: {', '.join(services) or 'none was running'}"
+                  f" ({time.monotonic() - started:.1f}s)")
+    if only is None:
+        console.print(f"nothing started from {stack.settings.home} is left running")
 
 
 @app.command()

@@ -80,7 +80,7 @@ def registration_to_serving(task_instances: list[dict]) -> float | None:
     return gap
 
 
-def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, keep_running: bool,
+def run_demo(*, train_samples: int, epochs: int | None, requests: int, rate: float, keep_running: bool,
              canary_requests: int = 200, screenshots: str | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
@@ -90,7 +90,7 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     from ml.datasets import load_fashion_mnist
     from plugins.pipeline.airflow_rest import AirflowClient
     from plugins.pipeline.common import INGEST_DAG, MONITOR_DAG, PIPELINE_DAG
-    from plugins.rollout.local import LocalProcessBackend
+    from plugins.pipeline.params import PARAM_SPECS
     from runtime.client import publish_feedback, publish_training, save_plots, simulate
 
     console = Console()
@@ -102,7 +102,6 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     timings.stack_s = time.monotonic() - t0
     console.print(f"[green]stack up[/green] in {timings.stack_s:.0f}s (home {settings.home}); "
                   f"Prometheus at {settings.prometheus.url} scrapes the tier workers")
-    backend = LocalProcessBackend.from_settings(settings)
     ok = False
     try:
         airflow = AirflowClient.from_settings(settings)
@@ -126,7 +125,11 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
         console.print(f"ingest: dataset {dataset_uri} ({timings.ingest_s:.0f}s)")
 
         t = time.monotonic()
-        conf = {"dataset": dataset_uri, "epochs": epochs, "canary_requests": canary_requests}
+        # The pipeline's own defaults unless asked otherwise: the champion is then what a run with the
+        # defaults on the same data reproduces (and may replace at the gate).
+        conf = {"dataset": dataset_uri, **({"epochs": epochs} if epochs is not None else {})}
+        if canary_requests != PARAM_SPECS["canary_requests"][0]:
+            conf["canary_requests"] = canary_requests
         airflow.set_paused(PIPELINE_DAG, False)
         run_id = airflow.trigger(PIPELINE_DAG, conf)
         console.print(f"triggered {PIPELINE_DAG} run {run_id} with {json.dumps(conf)}")
@@ -208,12 +211,11 @@ def run_demo(*, train_samples: int, epochs: int, requests: int, rate: float, kee
     finally:
         if keep_running and ok:
             console.print("[bold]--keep-running[/bold]: stack and tier workers stay up; "
-                          "`tierflow stack down` stops the stack (and the workers: `tierflow demo --stop`).")
+                          "`tierflow stack down` stops all of it.")
         else:
             with console.status("stopping tier workers and the stack"):
-                backend.stop_all(settings.app)
-                stack.down()
-            console.print("stack stopped")
+                stopped = stack.down()
+            console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 def live_rows(live: dict[str, dict[str, float]] | None) -> list[tuple[str, str]]:
@@ -227,99 +229,30 @@ def live_rows(live: dict[str, dict[str, float]] | None) -> list[tuple[str, str]]
             for tier, f in sorted(live.items(), key=lambda kv: TIERS.index(kv[0]) if kv[0] in TIERS else 99)]
 
 
-def stop_everything() -> None:
+def stop_everything() -> list[str]:
+    """What `tierflow stack down` stops: every tier worker, then every service; returns what stopped."""
     from infra.local.stack import LocalStack, load_settings
-    from plugins.rollout.local import LocalProcessBackend
 
-    settings = load_settings()
-    LocalProcessBackend.from_settings(settings).stop_all(settings.app)
-    LocalStack(settings).down()
+    return LocalStack(load_settings()).down()
 
 
-# -- screenshots of the UIs (headless Chromium over the DevTools protocol) --------------------------------
-def _cdp_screenshot(ws_url: str, url: str, out: str, cookies: list[dict], width: int, height: int,
-                    settle_s: float) -> None:
-    import base64
-
-    from websockets.sync.client import connect
-
-    with connect(ws_url, max_size=64 * 2**20) as ws:
-        seq = 0
-
-        def call(method: str, **params: Any) -> dict:
-            nonlocal seq
-            seq += 1
-            ws.send(json.dumps({"id": seq, "method": method, "params": params}))
-            while True:
-                msg = json.loads(ws.recv())
-                if msg.get("id") == seq:
-                    if "error" in msg:
-                        raise RuntimeError(f"{method}: {msg['error']}")
-                    return msg.get("result", {})
-
-        call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-        for c in cookies:
-            call("Network.setCookie", **c)
-        call("Page.navigate", url=url)
-        time.sleep(settle_s)
-        # Dismiss "what's new" dialogs and side panels so the page itself is visible.
-        call("Runtime.evaluate", expression=(
-            "document.querySelectorAll('[aria-label=\"Close\"], [aria-label=\"close\"], "
-            "button[aria-label*=\"Close\"]').forEach(b => b.click())"))
-        time.sleep(1.5)
-        data = call("Page.captureScreenshot", format="png")["data"]
-    with open(out, "wb") as f:
-        f.write(base64.b64decode(data))
-
-
+# -- screenshots of the UIs (headless Chromium, infra.local.browser) -------------------------------------
 def take_screenshots(settings: Any, pages: dict[str, str], out_dir: str, *, airflow_token: str | None = None,
                      width: int = 1500, height: int = 900, settle_s: float = 8.0) -> list[str]:
     """PNG of each {name: url}, logged in to Airflow with its JWT cookie. Needs Debian's chromium."""
-    import shutil
-    import subprocess
-    import tempfile
-    import urllib.parse
-    import urllib.request
     from pathlib import Path
 
-    from infra.local.process import free_port
+    from infra.local.browser import airflow_cookie, chromium_page
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        raise RuntimeError("chromium not found: apt-get install -y chromium")
-    port = free_port()
-    profile = tempfile.mkdtemp(prefix="tierflow-chromium-")
-    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                             "--disable-background-networking", f"--remote-debugging-port={port}",
-                             f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cookies = [airflow_cookie(settings.airflow.api_url, airflow_token)] if airflow_token else []
     out = []
-    try:
-        deadline = time.monotonic() + 30
-        targets = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:  # noqa: S310
-                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
-                if targets:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        if not targets:
-            raise RuntimeError("headless chromium did not open its DevTools port")
-        ws_url = targets[0]["webSocketDebuggerUrl"]
-        host = urllib.parse.urlparse(settings.airflow.api_url).hostname
-        cookies = [{"name": "_token", "value": airflow_token, "domain": host, "path": "/"}] if airflow_token else []
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with chromium_page() as page:
         for name, url in pages.items():
-            path = str(Path(out_dir) / f"{name}.png")
-            _cdp_screenshot(ws_url, url, path, cookies, width, height, settle_s)
-            out.append(path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+            page.open(url, cookies, width, height)
+            time.sleep(settle_s)
+            # Dismiss "what's new" dialogs and side panels so the page itself is visible.
+            page.evaluate("document.querySelectorAll('[aria-label=\"Close\"], [aria-label=\"close\"], "
+                          "button[aria-label*=\"Close\"]').forEach(b => b.click())")
+            time.sleep(1.5)
+            out.append(page.screenshot(Path(out_dir) / f"{name}.png"))
     return out

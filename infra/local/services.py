@@ -31,6 +31,8 @@ WEED_PORTS = {  # name in Settings.stack.weed_ports -> weed mini flag
     "s3_grpc": "-s3.port.grpc", "admin": "-admin.port", "admin_grpc": "-admin.port.grpc",
 }
 AIRFLOW_PORTS = ("worker_log", "trigger_log")
+# Healthy means every component a task run needs heartbeats, not only the scheduler.
+AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_RULES = REPO / "infra" / "prometheus" / "tierflow.rules.yml"
 
@@ -160,12 +162,12 @@ def plan_mlflow(settings: Settings, paths: StackPaths, ports: dict[str, int]) ->
 def _airflow_healthy(url: str) -> bool:
     import urllib.request
 
-    try:
-        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as resp:  # noqa: S310
+    try:  # a busy API server on two cores may take seconds: a short probe would call it unhealthy
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=10) as resp:  # noqa: S310
             body = json.loads(resp.read())
     except (OSError, ValueError):
         return False
-    return all(body.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler"))
+    return all((body.get(part) or {}).get("status") == "healthy" for part in AIRFLOW_COMPONENTS)
 
 
 def _jwt_secret(home: Path) -> str:
@@ -209,10 +211,15 @@ def plan_airflow(settings: Settings, paths: StackPaths, ports: dict[str, int]) -
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_log"]),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_log"]),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # Task processes talk to the API server's execution API; with one API worker on two busy cores
+        # Airflow's 5 s default timed out (httpx.ReadTimeout) on the first run after start.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
     }
-    return ServicePlan("airflow", [venv_bin("airflow"), "standalone"], env, url, {"main": port, **ports},
+    # Airflow's standalone, minus its log servers, which would listen on every interface (see the module).
+    argv = [venv_bin("python"), "-m", "infra.local.airflow_standalone"]
+    return ServicePlan("airflow", argv, env, url, {"main": port, **ports},
                        healthy=lambda: _airflow_healthy(url), cwd=home, hint="airflow",
                        files={passwords: json.dumps({user: settings.airflow.password.get_secret_value()})})
 

@@ -42,12 +42,14 @@ from infra.local.process import (
 )
 from infra.local.services import (
     PLANNERS,
+    REPO,
     REQUIRES,
     SERVICES,
     StackPaths,
     configured_extra_ports,
     main_ports,
 )
+from plugins.rollout.local import LocalProcessBackend
 from runtime.settings import ENV_PREFIX, Settings, default_home
 
 Event = Callable[[str, str], None]  # (service, message) for progress displays
@@ -283,18 +285,46 @@ class LocalStack:
         req = urllib.request.Request(f"{url}/auth/token", data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
-                if "access_token" not in json.loads(resp.read()):
+                token = json.loads(resp.read()).get("access_token")
+                if not token:
                     raise StackError("airflow: /auth/token answered without a token")
         except OSError as exc:
             raise StackError(f"airflow: login with the generated password failed: {exc}") from exc
+        self._wait_airflow_dags(url, token)
+
+    def _wait_airflow_dags(self, url: str, token: str) -> None:
+        """Ready means the DAG processor has parsed this repo's DAGs: a run triggered right after works."""
+        expected = {p.stem for p in (REPO / "dags").glob("*.py")}
+        deadline = time.monotonic() + self.settings.stack.startup_timeout_s
+        while True:
+            req = urllib.request.Request(f"{url}/api/v2/dags?limit=100",
+                                         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+                    parsed = {d["dag_id"] for d in json.loads(resp.read())["dags"]}
+            except (OSError, ValueError, KeyError):
+                parsed = set()
+            if expected <= parsed:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"airflow: DAGs {sorted(expected - parsed)} not parsed after "
+                                 f"{self.settings.stack.startup_timeout_s:.0f}s; see the import errors in the UI")
+            time.sleep(1.0)
 
     # -- down ------------------------------------------------------------------------------------
     def down(self, services: Iterable[str] | None = None, on_event: Event | None = None) -> list[str]:
-        """Stop the services (all recorded ones by default), last started first. Returns what stopped."""
+        """Stop the services (all recorded ones by default), last started first. Returns what stopped.
+
+        Stopping everything (no ``services``) first stops every tier worker a rollout, the demo or
+        `serve-local` started under this home (all applications, edge first, graceful drain), while the
+        broker is still there to take their last commits; they are returned as "worker APP vN TIER"."""
         notify = on_event or (lambda _svc, _msg: None)
+        stopped = []
+        if services is None:
+            notify("workers", "stopping the tier workers")
+            stopped += [f"worker {w}" for w in LocalProcessBackend(self.settings.home).stop_everything()]
         states = self.states()
         names = [n for n in reversed(SERVICES) if n in states and (services is None or n in services)]
-        stopped = []
         for name in names:
             notify(name, "stopping")
             self._stop_one(name)

@@ -45,6 +45,22 @@ class DatasetStoreHook(S3Hook):
         extra = self.connection.extra_dejson if self.connection is not None else {}
         return extra.get("bucket") or self.settings.s3.bucket
 
+    def s3_settings(self) -> Any:
+        """``Settings.s3`` of the Connection's endpoint, region, bucket and (frozen) credentials, for
+        processes without Airflow (the ML tasks); the settings' own when no Connection is defined.
+        An endpoint of ``""`` means the provider's own (AWS S3)."""
+        if self.connection is None:
+            return self.settings.s3
+        from pydantic import SecretStr
+
+        config = self.conn_config
+        creds = self.get_credentials(config.region_name)
+        return self.settings.s3.model_copy(update={
+            "endpoint_url": config.get_service_endpoint_url("s3") or "", "bucket": self.bucket(),
+            "region": config.region_name or self.settings.s3.region, "access_key_id": creds.access_key,
+            "secret_access_key": SecretStr(creds.secret_key) if creds.secret_key else None,
+            "session_token": SecretStr(creds.token) if creds.token else None})
+
     def store(self) -> DatasetStore:
         return DatasetStore(self.get_conn(), self.bucket())
 

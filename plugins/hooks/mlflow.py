@@ -48,6 +48,14 @@ class MlflowRegistryHook(BaseHook):
         conn = find_connection(self.mlflow_conn_id)
         return tracking_uri_of(conn) if conn is not None else self.settings.mlflow.tracking_uri
 
+    def client_env(self) -> dict[str, str]:
+        """The Connection's login/password as the MLflow client reads them (``MLFLOW_TRACKING_USERNAME``,
+        ``..._PASSWORD``), for the ML tasks' processes; empty without a Connection or a login."""
+        conn = find_connection(self.mlflow_conn_id)
+        if conn is None or not conn.login:
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": conn.login, "MLFLOW_TRACKING_PASSWORD": conn.password or ""}
+
     def test_connection(self) -> tuple[bool, str]:
         uri = self.get_conn()
         try:

@@ -28,9 +28,10 @@ def s3_client(settings: Settings) -> Any:
 
     s3 = settings.s3
     client = boto3.client(
-        "s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
+        "s3", endpoint_url=s3.endpoint_url or None, region_name=s3.region,  # "" = the provider's own endpoint
         aws_access_key_id=s3.access_key_id,
         aws_secret_access_key=s3.secret_access_key.get_secret_value() if s3.secret_access_key else None,
+        aws_session_token=s3.session_token.get_secret_value() if s3.session_token else None,
         config=Config(**CLIENT_CONFIG))
     return register_known_sha256(client)
 

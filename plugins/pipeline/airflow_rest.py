@@ -68,6 +68,9 @@ class AirflowClient:
     def import_errors(self) -> list[dict]:
         return self._request("GET", "/api/v2/importErrors").get("import_errors", [])
 
+    def paused(self, dag_id: str) -> bool:
+        return bool(self._request("GET", f"/api/v2/dags/{dag_id}")["is_paused"])
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
@@ -136,6 +139,9 @@ class AirflowClient:
             last = states
             if run["state"] in FINISHED:
                 return {**run, "task_states": states}
+            if run["state"] == "queued" and self.paused(dag_id):
+                raise AirflowApiError(f"{dag_id} is paused, so run {run_id} stays queued: unpause it (the toggle "
+                                      f"in the Airflow UI, or `tierflow monitor --unpause` for the monitor)")
             if time.monotonic() > deadline:
                 raise AirflowApiError(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f}s; "
                                       f"tasks: {states}")

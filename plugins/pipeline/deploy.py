@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.contract import CANARY, CANARY_ID_PREFIX, TRAFFIC_HEADER
 from plugins.rollout.base import Release, RolloutBackend, TierWorkerSpec
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, RolloutOutcome, rollout
 
@@ -53,7 +54,7 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
     """Send labeled requests to APP.requests; judge the answers the new version gave (by model_version)."""
     from runtime.client import DeviceClient
 
-    prefix = f"canary-{release.version}-{uuid.uuid4().hex[:6]}"
+    prefix = f"{CANARY_ID_PREFIX}{release.version}-{uuid.uuid4().hex[:6]}"
     ids = [f"{prefix}-{i}" for i in range(len(x))]
     with DeviceClient(settings) as client:
         start = time.monotonic()
@@ -61,7 +62,7 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            client.send(rid, x[i])
+            client.send(rid, x[i], extra_headers={TRAFFIC_HEADER: CANARY})
         client.wait_all(timeout_s)
         answers = dict(client.answers)
         sent_ms = dict(client.sent_ms)
@@ -92,11 +93,11 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
            promote: Callable[[str], None] | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
     if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
-    from plugins.hooks.kafka import KafkaClusterHook
+    from plugins.hooks.connected import connected_settings
     from plugins.hooks.mlflow import MlflowRegistryHook
 
-    # Workers and the canary use the Kafka cluster of Airflow Connection `tierflow_kafka`, else the settings'.
-    settings = KafkaClusterHook(settings=settings).client_settings()
+    # Workers and the canary use the Kafka, S3 and MLflow of the Airflow Connections, else the settings'.
+    settings = connected_settings(settings)
     backend = backend or make_backend(cfg["backend"], settings)
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
                            backend=cfg["backend"], http_port=settings.worker.http_port)

@@ -47,9 +47,10 @@ def load_training_data(dataset_uri: str, settings: Any):
     return read_dataset(path), f"{manifest.name}@{manifest.version}"
 
 
-def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: str) -> dict[str, Any]:
+def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, settings: Any, out_dir: str) -> dict[str, Any]:
     """Train, calibrate, partition and evaluate (ml.pipeline) on the dataset version; log params, metrics and
-    plots to one MLflow run. Returns what gate/register/deploy need (JSON-able)."""
+    plots to one MLflow run. Returns what gate/register/deploy need (JSON-able). ``settings`` carries the
+    S3 and MLflow to use (in Airflow: those of the Connections, `plugins.pipeline.connections`)."""
 
     import mlflow
 
@@ -57,9 +58,7 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     from ml.pipeline import train_calibrate_partition as run_ml_pipeline
     from ml.registry import log_training
     from plugins.pipeline.params import ml_options
-    from runtime.settings import get_settings
 
-    settings = get_settings()
     t0 = time.monotonic()
     data, dataset_version = load_training_data(cfg.get("dataset") or dataset_uri, settings)
     if cfg.get("max_train_samples"):
@@ -88,14 +87,12 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
             "seconds": time.monotonic() - t0}
 
 
-def gate_step(cfg: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+def gate_step(cfg: dict[str, Any], trained: dict[str, Any], settings: Any) -> dict[str, Any]:
     """Before anything is registered: the candidate must pass the sanity check (beat chance and the
     ``min_accuracy`` floor; the first release too) and not be less accurate than the champion on the same
     test split (minus a margin)."""
     from ml.registry import champion_metrics
-    from runtime.settings import get_settings
 
-    settings = get_settings()
     champion = champion_metrics(settings.app, settings.mlflow.tracking_uri)
     verdict = gate_verdict(trained["test_accuracy"], champion, cfg["gate_margin"],
                            num_classes=trained["num_classes"], test_samples=trained["test_samples"],
@@ -128,12 +125,10 @@ def gate_verdict(candidate_accuracy: float, champion: dict[str, Any] | None, mar
             "candidate_accuracy": candidate_accuracy, "champion_release": champion.get("release")}
 
 
-def register_step(trained: dict[str, Any]) -> dict[str, Any]:
+def register_step(trained: dict[str, Any], settings: Any) -> dict[str, Any]:
     """Every tier + the full model, from the training run, alias `candidate`."""
     from ml.registry import register_bundle
-    from runtime.settings import get_settings
 
-    settings = get_settings()
     release = register_bundle(trained["bundle_dir"], app=settings.app, tracking_uri=settings.mlflow.tracking_uri,
                               run_id=trained["run_id"],
                               dataset_version=trained["dataset_version"])

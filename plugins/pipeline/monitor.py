@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml.contract import CANARY_ID_PREFIX
+
 PENDING_LIMIT = 50_000  # results kept while waiting for feedback (oldest dropped first)
 
 
@@ -32,6 +34,7 @@ class LiveStats:
     correct: int
     tier_fractions: dict[str, float]
     model_versions: dict[str, int] = field(default_factory=dict)
+    canary_excluded: int = 0  # canary answers seen and left out
 
     @property
     def accuracy(self) -> float | None:
@@ -42,10 +45,16 @@ class LiveStats:
 
 
 def live_stats(results: list[dict], truths: dict[str, int]) -> LiveStats:
-    """Results (one per request id, first wins) joined with ground truth by request id."""
+    """Results (one per request id, first wins) joined with ground truth by request id; a rollout's canary
+    requests (ids ``CANARY_ID_PREFIX...``) are left out of every figure and only counted."""
     seen: dict[str, dict] = {}
+    canary: set[str] = set()
     for r in results:
-        seen.setdefault(str(r["request_id"]), r)
+        rid = str(r["request_id"])
+        if rid.startswith(CANARY_ID_PREFIX):
+            canary.add(rid)
+            continue
+        seen.setdefault(rid, r)
     tiers = Counter(str(r.get("tier")) for r in seen.values())
     versions = Counter(str(r.get("model_version")) for r in seen.values())
     joined = [rid for rid in seen if rid in truths]
@@ -53,7 +62,7 @@ def live_stats(results: list[dict], truths: dict[str, int]) -> LiveStats:
     n = len(seen)
     return LiveStats(results=n, joined=len(joined), correct=correct,
                      tier_fractions={t: c / n for t, c in tiers.items()} if n else {},
-                     model_versions=dict(versions))
+                     model_versions=dict(versions), canary_excluded=len(canary))
 
 
 def exit_drift(live: dict[str, float], expected: dict[str, float]) -> float:

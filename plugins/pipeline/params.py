@@ -9,6 +9,7 @@ parameter and says what to fix. Pure Python: no TensorFlow, no Airflow (the DAG 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, make_dataclass
 from typing import Any
 
@@ -21,6 +22,13 @@ CONFIDENCE = MEASURES
 OBJECTIVES = ("early", "cost")
 
 
+# What a schema can say about the two text parameters (validate() re-checks the rest: tier order, exits).
+_EXIT = r"(\d+|final|exit_\d+)"
+_TIER = rf"\s*({'|'.join(TIERS)})\s*=\s*{_EXIT}(\s*\+\s*{_EXIT})*\s*"
+TIER_MAP_PATTERN = rf"^{_TIER}([;,]{_TIER})*$"
+DATASET_PATTERN = r"^(|fashion-mnist|s3://[^/]+/.+|/.+|file:.+)$"
+
+
 class ParamError(ValueError):
     """One or more pipeline parameters are wrong; the message lists each one and what to fix."""
 
@@ -29,10 +37,12 @@ class ParamError(ValueError):
 PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
     "architecture": ("compact", {"type": "string", "enum": list(ARCHITECTURES)},
                      "Multi-exit network: compact (28x28 default), b_alexnet or vgg."),
-    "epochs": (3, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
+    # The demo's champion is trained with these defaults too, so a retrain with the defaults competes with
+    # it on equal terms at the gate.
+    "epochs": (5, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
     "exit_loss_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
                           "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 1.0 each."),
-    "tier_map": ("edge=0;fog=1;cloud=2", {"type": "string", "minLength": 1},
+    "tier_map": ("edge=0;fog=1;cloud=2", {"type": "string", "pattern": TIER_MAP_PATTERN},
                  "Exits served by each tier, edge to cloud, e.g. 'edge=0;fog=1;cloud=2' or 'cloud=final'."),
     "accuracy_tolerance": (1.0, {"type": "number", "minimum": 0, "maximum": 50},
                            "Calibration: accuracy points the cascade may lose against the final exit."),
@@ -57,9 +67,10 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
                           "Canary: highest acceptable p95 end-to-end latency (ms)."),
     "canary_accuracy_drop": (0.1, {"type": "number", "minimum": 0, "maximum": 1},
                              "Canary: live accuracy may be at most this much below the offline test accuracy."),
-    "dataset": ("", {"type": "string"},
-                "Dataset manifest URI (s3://...), 'fashion-mnist' (built-in), or empty = the triggering Asset "
-                "event or the newest ingested dataset."),
+    # null, not "", when empty: the trigger form treats an empty string as missing (a required field).
+    "dataset": (None, {"type": ["string", "null"], "pattern": DATASET_PATTERN},
+                "Dataset manifest URI (s3://bucket/.../manifest.json or a local path), 'fashion-mnist' "
+                "(built-in), or empty = the triggering Asset event or the newest ingested dataset."),
 }
 
 
@@ -112,7 +123,10 @@ def _parse_tier_map(text: str) -> dict[str, list[int | str]]:
 
 
 def _list_param(value: Any) -> Any:
-    """Lists may come from the form or REST as JSON text ("[1, 0.5]") or "1,0.5"; empty means None."""
+    """Lists may come from the form or REST as JSON text ("[1, 0.5]") or "1,0.5"; empty means None (the
+    trigger form sends an untouched null list as [])."""
+    if isinstance(value, list) and not value:
+        return None
     if isinstance(value, str):
         text = value.strip()
         if not text:
@@ -204,8 +218,9 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
         problems.append(f"canary_requests={v['canary_requests']!r}: give a whole number from 0 to 100000")
     if not _number(v["canary_max_p95_ms"]) or v["canary_max_p95_ms"] <= 0:
         problems.append(f"canary_max_p95_ms={v['canary_max_p95_ms']!r}: give a latency in ms > 0")
-    if not isinstance(v["dataset"], str) or (v["dataset"] and v["dataset"] != "fashion-mnist"
-                                             and not v["dataset"].startswith(("s3://", "/", "file:"))):
+    if v["dataset"] is None:
+        v["dataset"] = ""
+    if not isinstance(v["dataset"], str) or (v["dataset"] and not re.match(DATASET_PATTERN, v["dataset"])):
         problems.append(f"dataset={v['dataset']!r}: give an s3:// (or local path) dataset manifest URI, "
                         "'fashion-mnist' (the built-in train split), or leave empty for the newest dataset")
 

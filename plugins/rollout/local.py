@@ -10,8 +10,9 @@ port, restarts, last exit code, log path). There is no daemon whose death would 
 nothing to bootstrap first, and the file system is the registry any later process can read.
 Worker logs go to ``$TIERFLOW_HOME/workers/<app>/logs/``.
 
-The supervisor and the process primitives are the one local launcher, `runtime.launcher`, which
-`tierflow serve-local`, the tests' deployments and the embedded stack use too.
+The supervisor and the process primitives are the one local launcher, `runtime.launcher`, which the
+tests' deployments and the embedded stack use too; `tierflow serve-local` runs this backend itself
+(`plugins.rollout.serve_local`), and `tierflow stack down` stops every worker it started (`stop_everything`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from ml.contract import TIERS
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime import scrape_targets
 from runtime.launcher import (
@@ -34,6 +36,7 @@ from runtime.launcher import (
     pid_alive,
     port_free,
     read_json,
+    session_members,
     start_supervised,
 )
 
@@ -41,6 +44,15 @@ from runtime.launcher import (
 def _alive(pid: int) -> bool:
     """The pid is one of our live supervisors (guards against pid reuse)."""
     return pid_alive(pid, SUPERVISOR_MODULE)
+
+
+def _left_of(state: dict) -> list[int]:
+    """Live processes of a worker's supervisor session: the supervisor leads it, its worker is a member
+    (and stays one if the supervisor was killed, so it is found by the recorded worker pid)."""
+    sid, worker = state["supervisor_pid"], state.get("worker_pid") or 0
+    if _alive(sid):
+        return session_members(sid)
+    return [worker] if worker and pid_alive(worker, "--tier") and worker in session_members(sid) else []
 
 
 def tierflow_executable(ml_python: str | None = None) -> str:
@@ -156,22 +168,21 @@ class LocalProcessBackend(RolloutBackend):
             time.sleep(0.1)
 
     def stop_tier(self, app: str, version: str, tier: str, timeout_s: float) -> None:
-        """SIGTERM the supervisors (they forward it and wait for the drain); SIGKILL after timeout_s."""
+        """SIGTERM the supervisors (they forward it and wait for the drain); after timeout_s SIGKILL whatever
+        is left in their sessions (a worker whose supervisor was killed included)."""
         files = self._state_files(app, version, tier)
-        pids = []
-        for f in files:
-            st = read_json(f)
-            if st and st.get("supervisor_pid") and _alive(st["supervisor_pid"]):
-                pids.append(st["supervisor_pid"])
+        states = [st for st in map(read_json, files) if st and st.get("supervisor_pid")]
+        for st in states:
+            if _alive(st["supervisor_pid"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(st["supervisor_pid"], signal.SIGTERM)
         deadline = time.monotonic() + timeout_s + 2.0
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(_left_of(st) for st in states) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for p in pids:
-            if _alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p, signal.SIGKILL)  # the supervisor leads its session: worker goes too
+        for st in states:
+            for pid in _left_of(st):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         for f in files:
             f.unlink(missing_ok=True)
             scrape_targets.unregister(self.home, self._target_name(app, version, f.stem))
@@ -186,7 +197,25 @@ class LocalProcessBackend(RolloutBackend):
                 tiers.append(st["tier"])
         return out
 
-    def stop_all(self, app: str, timeout_s: float = 30.0) -> None:
-        for version, tiers in self.running(app).items():
-            for tier in tiers:
+    def stop_all(self, app: str, timeout_s: float = 30.0) -> list[str]:
+        """Stop every worker of ``app``, each version edge first; returns what stopped ("v3 edge", ...)."""
+        recorded: dict[str, set[str]] = {}
+        for f in self._state_files(app):  # stale files too: a worker may outlive its supervisor
+            st = read_json(f)
+            if st and "version" in st:
+                recorded.setdefault(str(st["version"]), set()).add(str(st["tier"]))
+        stopped = []
+        for version, tiers in sorted(recorded.items()):
+            for tier in sorted(tiers, key=lambda t: TIERS.index(t) if t in TIERS else len(TIERS)):
                 self.stop_tier(app, version, tier, timeout_s)
+                stopped.append(f"v{version} {tier}")
+        return stopped
+
+    def apps(self) -> list[str]:
+        """Applications that have (or had) workers under this home."""
+        root = self.home / "workers"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def stop_everything(self, timeout_s: float = 30.0) -> list[str]:
+        """Every worker of every application under this home; returns what stopped ("fmnist v3 edge", ...)."""
+        return [f"{app} {what}" for app in self.apps() for what in self.stop_all(app, timeout_s)]

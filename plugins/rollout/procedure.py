@@ -141,6 +141,20 @@ class RolloutOutcome:
         return d
 
 
+def bring_up(backend: RolloutBackend, release: Release, plan: RolloutPlan, *, ready_timeout_s: float = 180.0,
+             log: Callable[[str], None] = print) -> None:
+    """The plan's bring-up: downstream tiers start together, all ready before the entry tier starts;
+    raises `RolloutError` when a tier does not become ready."""
+    specs = {s.tier: s for s in release.tiers}
+    for step in plan.bring_up:
+        if step.action == "start":
+            log(f"starting {step}")
+            backend.start_tier(release, specs[step.tier])
+        else:
+            backend.wait_ready(release, specs[step.tier], ready_timeout_s)
+            log(f"ready: v{release.version} {step.tier}")
+
+
 def rollout(
     backend: RolloutBackend,
     release: Release,
@@ -161,21 +175,13 @@ def rollout(
     """
     t0 = clock()
     plan = plan_rollout(release, backend.running(release.app))
-    specs = {s.tier: s for s in release.tiers}
     log(f"rollout v{release.version}: bring up {[str(s) for s in plan.bring_up]}, "
         f"then retire {[str(s) for s in plan.retire]}")
     problems: list[str] = []
     report: CanaryReport | None = None
     serving_at = math.nan
     try:
-        for step in plan.bring_up:
-            spec = specs[step.tier]
-            if step.action == "start":
-                log(f"starting {step}")
-                backend.start_tier(release, spec)
-            else:
-                backend.wait_ready(release, spec, ready_timeout_s)
-                log(f"ready: v{release.version} {step.tier}")
+        bring_up(backend, release, plan, ready_timeout_s=ready_timeout_s, log=log)
         serving_at = clock() - t0
         if canary is not None:
             report = canary(release)

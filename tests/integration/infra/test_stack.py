@@ -109,3 +109,134 @@ def test_airflow_standalone_login_and_repo_dags_folder(airflow_stack: Settings, 
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert f"TIERFLOW_MLFLOW__TRACKING_URI={airflow_stack.mlflow.tracking_uri}".encode() in environ
     assert f"AIRFLOW__CORE__DAGS_FOLDER={REPO / 'dags'}".encode() in environ
+
+
+def _listening(pids: list[int]) -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket the processes listen on."""
+    import psutil
+
+    out = set()
+    for pid in pids:
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        out |= {(pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return out
+
+
+def test_every_service_of_the_stack_listens_on_loopback_only(airflow_stack: Settings, local_stack):
+    """Broker, S3 (every weed listener), MLflow and Airflow (API server, scheduler, triggerer: no serve-logs
+    on 0.0.0.0/[::]) - listed from the sockets the stack's processes actually hold."""
+    from runtime.launcher import session_members
+
+    states = local_stack.states()
+    assert {"s3", "mlflow", "airflow"} <= set(states)
+    sockets = set()
+    for st in states.values():
+        sockets |= _listening(sorted({st.pid, *session_members(st.pid)}))
+    assert sockets, "found no listening socket"
+    assert {addr for _pid, addr, _port in sockets} <= {"127.0.0.1", "::1"}, sorted(sockets)
+    api_port = int(airflow_stack.airflow.api_url.rsplit(":", 1)[1])
+    assert api_port in {port for _pid, _addr, port in sockets}
+
+
+def test_stack_down_stops_the_tier_workers_too_and_says_what_it_stopped(tmp_path: Path, tiny_bundle):
+    """`tierflow stack down` after a rollout-style deployment: no supervisor, worker or listening port is left."""
+    from infra.local.process import free_port
+    from plugins.rollout.base import Release, TierWorkerSpec
+    from plugins.rollout.local import LocalProcessBackend
+    from plugins.rollout.procedure import bring_up, plan_rollout
+    from runtime.launcher import pid_alive
+    from runtime.settings import KafkaSettings, settings_env
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    env.update(TIERFLOW_HOME=str(tmp_path), TIERFLOW_KAFKA__BOOTSTRAP=f"127.0.0.1:{port}",
+               PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "tierflow_cli", "stack"]
+    up = subprocess.run([*cli, "up", "--only", "broker"], env=env, cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    settings = Settings(_env_file=None, app="downtest", home=tmp_path,
+                        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{port}"))
+    backend = LocalProcessBackend(tmp_path, env={**settings_env(settings), "PYTHONPATH": str(REPO)})
+    release = Release("downtest", "1", tuple(TierWorkerSpec(t, str(tiny_bundle), http_port=0)
+                                             for t in ("edge", "fog", "cloud")))
+    try:
+        bring_up(backend, release, plan_rollout(release, {}), log=lambda _m: None)
+        workers = backend.workers("downtest")
+        assert len(workers) == 3
+        pids = [p for w in workers for p in (w["supervisor_pid"], w["worker_pid"])]
+        assert all(port_open("127.0.0.1", w["port"]) for w in workers)
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    out = down.stdout + down.stderr
+    try:
+        assert down.returncode == 0, out
+        assert "stopped tier workers: downtest v1 edge, downtest v1 fog, downtest v1 cloud" in " ".join(out.split())
+        assert "stopped services: broker" in out
+        assert not any(pid_alive(p) for p in pids)
+        assert not any(port_open("127.0.0.1", w["port"]) for w in workers) and not port_open("127.0.0.1", port)
+        assert backend.running("downtest") == {}
+    finally:
+        backend.stop_all("downtest", timeout_s=10)
+
+
+def test_trigger_with_the_form_defaults_works_and_wrong_values_are_refused_before_a_run(airflow_stack: Settings):
+    """Against the stack's Airflow: the pipeline's Params as Airflow serves them to the trigger form accept their
+    own defaults, no field with an empty default is required, a run with the defaults is created (the DAG
+    is paused, so it only queues), and a wrong tier map or dataset is refused with HTTP 400 naming it."""
+    import jsonschema
+
+    from plugins.pipeline.airflow_rest import AirflowApiError, AirflowClient
+
+    client = AirflowClient.from_settings(airflow_stack)
+    details = client.wait_dag("tierflow_pipeline", timeout_s=180)
+    assert details["is_paused"]
+    params = client._request("GET", "/api/v2/dags/tierflow_pipeline/details")["params"]
+    assert set(params) >= {"dataset", "tier_map", "epochs"}
+    for name, p in params.items():
+        jsonschema.validate(p["value"], p["schema"])
+        if p["value"] in (None, ""):
+            assert "null" in p["schema"]["type"], name  # else the form marks it required
+    run_id = client.trigger("tierflow_pipeline", {})
+    assert client.run("tierflow_pipeline", run_id)["state"] == "queued"
+    for conf, name in (({"tier_map": "nonsense"}, "tier_map"), ({"dataset": "http://x"}, "dataset")):
+        with pytest.raises(AirflowApiError, match=rf"HTTP 400.*{name}"):
+            client.trigger("tierflow_pipeline", conf)
+    client._request("DELETE", f"/api/v2/dags/tierflow_pipeline/dagRuns/{run_id}")
+
+
+def test_monitor_command_says_the_dag_is_paused_instead_of_queueing_a_run(airflow_stack: Settings):
+    from plugins.pipeline.airflow_rest import AirflowClient
+
+    client = AirflowClient.from_settings(airflow_stack)
+    client.wait_dag("tierflow_monitor", timeout_s=180)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    env.update(TIERFLOW_HOME=str(airflow_stack.home), PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "tierflow_cli", "monitor"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    assert "tierflow_monitor is paused" in out.stderr and "--unpause" in out.stderr
+    assert client.runs("tierflow_monitor") == []
+
+
+def test_the_first_dag_run_after_stack_up_succeeds(airflow_stack: Settings):
+    """`stack up` returned only once every Airflow component heartbeats and the DAGs are parsed: the first run
+    that executes on this stack (an ingest of an empty topic: success, its task skipped) needs no retry."""
+    from plugins.pipeline.airflow_rest import AirflowClient
+
+    client = AirflowClient.from_settings(airflow_stack)
+    health = client._request("GET", "/api/v2/monitor/health", auth=False)
+    assert all(health[c]["status"] == "healthy" for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+    assert client.import_errors() == []
+    run_id = client.trigger("tierflow_ingest")
+    client.set_paused("tierflow_ingest", False)
+    try:
+        run = client.wait_run("tierflow_ingest", run_id, 300)
+    finally:
+        client.set_paused("tierflow_ingest", True)
+    assert run["state"] == "success", client.failure_report("tierflow_ingest", run_id)
+    tis = client.task_instances("tierflow_ingest", run_id)
+    assert [(t["task_id"], t["try_number"]) for t in tis] == [("ingest", 1)]

@@ -71,3 +71,37 @@ def test_airflow_plugin_loader_imports_no_tierflow_module():
 
     folder = Path(__file__).resolve().parents[3] / "plugins"
     assert list(find_path_from_directory(str(folder), ".airflowignore", "glob")) == []
+
+
+def test_connected_env_reproduces_the_connections_in_a_child_process(monkeypatch, settings):
+    """What the ML tasks' interpreter receives: TIERFLOW_* of the Connections, read back by the settings model."""
+    from plugins.hooks.connected import connected_env
+
+    _conn(monkeypatch, "tierflow_s3", conn_type="aws", login="key", password="s3cret",
+          extra={"endpoint_url": "http://s3.example:9000", "region_name": "eu-west-1", "bucket": "datasets"})
+    _conn(monkeypatch, "tierflow_mlflow", conn_type="http", host="mlflow.example", port=5001, login="u",
+          password="p")
+    env = connected_env(settings)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings(_env_file=None)
+    assert child.s3.endpoint_url == "http://s3.example:9000" and child.s3.bucket == "datasets"
+    assert child.s3.region == "eu-west-1" and child.s3.access_key_id == "key"
+    assert child.s3.secret_access_key.get_secret_value() == "s3cret"
+    assert child.mlflow.tracking_uri == "http://mlflow.example:5001"
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("u", "p")
+    assert child.kafka.bootstrap == settings.kafka.bootstrap  # no Kafka Connection: the settings' own
+
+
+def test_an_s3_connection_without_endpoint_means_the_providers_own(monkeypatch, settings):
+    from plugins.hooks.connected import connected_env
+
+    _conn(monkeypatch, "tierflow_s3", conn_type="aws", login="key", password="s3cret",
+          extra={"region_name": "eu-west-1"})
+    env = connected_env(settings)
+    assert env["TIERFLOW_S3__ENDPOINT_URL"] == ""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from plugins.hooks.s3 import s3_client
+
+    assert s3_client(Settings(_env_file=None)).meta.endpoint_url == "https://s3.eu-west-1.amazonaws.com"

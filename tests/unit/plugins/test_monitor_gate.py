@@ -65,9 +65,31 @@ def test_gate_stops_a_model_below_the_accuracy_floor():
 def test_gate_step_stops_the_first_release_of_a_broken_model(monkeypatch):
     import ml.registry
     from plugins.pipeline.ml_steps import gate_step
+    from runtime.settings import Settings
 
+    settings = Settings(_env_file=None)
     monkeypatch.setattr(ml.registry, "champion_metrics", lambda app, uri: None)  # no champion yet
     trained = {"test_accuracy": 0.1, **TEN}
     with pytest.raises(RuntimeError, match="gate: candidate rejected.*sanity check: test accuracy 0.1000 is not"):
-        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained)
-    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9})["passed"]
+        gate_step({"gate_margin": 0.01, "min_accuracy": 0.0}, trained, settings)
+    assert gate_step({"gate_margin": 0.01, "min_accuracy": 0.5}, {**trained, "test_accuracy": 0.9}, settings)["passed"]
+
+
+def test_canary_answers_stay_out_of_live_accuracy_and_exit_drift():
+    """A rollout's canary (all answered at the cloud here, never any feedback) must not make live traffic
+    look drifted: the same live answers with and without a canary give the same verdict."""
+    from ml.contract import CANARY_ID_PREFIX
+
+    live = [{"request_id": f"r{i}", "label": i % 10, "tier": "edge" if i % 4 else "fog"} for i in range(200)]
+    canary = [{"request_id": f"{CANARY_ID_PREFIX}7-ab12-{i}", "label": 0, "tier": "cloud"} for i in range(300)]
+    truths = {f"r{i}": i % 10 for i in range(200)}
+    expected = {"edge": 0.75, "fog": 0.25}
+    bounds = MonitorBounds()
+    alone, mixed = live_stats(live, truths), live_stats(live + canary, truths)
+    assert mixed.canary_excluded == 300 and alone.canary_excluded == 0
+    assert (mixed.results, mixed.joined, mixed.accuracy, mixed.tier_fractions) == (
+        alone.results, alone.joined, alone.accuracy, alone.tier_fractions)
+    assert retrain_reasons(mixed, expected, bounds) == [] == retrain_reasons(alone, expected, bounds)
+    counted = live_stats([{**r, "request_id": r["request_id"].replace(CANARY_ID_PREFIX, "x-")} for r in canary]
+                         + live, truths)
+    assert retrain_reasons(counted, expected, bounds)[0].startswith("exit-rate drift")  # what it would do

@@ -90,3 +90,34 @@ def test_the_ml_pipeline_accepts_the_options_the_dag_sets(tmp_path):
     with pytest.raises(ValueError, match="at least 2 classes"):  # past the option check, at the data check
         train_calibrate_partition(np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int64"), ["only"], tmp_path,
                                   **options)
+
+
+def test_the_form_needs_nothing_the_defaults_lack_and_its_schema_agrees_with_validate():
+    """Every default passes its own schema (the trigger form works untouched); a parameter whose default
+    is empty allows null (the form marks a field required unless its type allows null); the patterns
+    accept what validate() accepts and refuse what it refuses."""
+    import jsonschema
+
+    from plugins.pipeline.params import PARAM_SPECS, defaults
+
+    for name, (default, schema, _desc) in PARAM_SPECS.items():
+        jsonschema.validate(default, schema)
+        if default in (None, ""):
+            assert "null" in schema["type"], name
+    validate(defaults())
+
+    def schema_ok(name: str, value: str) -> bool:
+        return jsonschema.Draft7Validator(PARAM_SPECS[name][1]).is_valid(value)
+
+    for good in ("edge=0;fog=1;cloud=2", "cloud=final", "edge=0,cloud=1", " edge = 0+1 ; cloud = final "):
+        assert schema_ok("tier_map", good) and validate({"tier_map": good})
+    for bad in ("nonsense", "edge0", "edge=0;mist=1", "edge=;cloud=1", ""):
+        assert not schema_ok("tier_map", bad), bad
+        with pytest.raises(ParamError):
+            validate({"tier_map": bad})
+    for good in ("", None, "fashion-mnist", "s3://bkt/datasets/x/manifest.json", "/tmp/m.json", "file:m.json"):
+        assert schema_ok("dataset", good) and validate({"dataset": good}).dataset == (good or "")
+    for bad in ("http://x", "s3://", "fashion"):
+        assert not schema_ok("dataset", bad), bad
+        with pytest.raises(ParamError):
+            validate({"dataset": bad})
