@@ -21,9 +21,11 @@ calibration expected) keeps it under the budget:
 from __future__ import annotations
 
 import logging
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ml.exit_curve import ExitCurve, OperatingPoint
 
@@ -118,6 +120,21 @@ class AdaptiveExits:
         for _ in range(backed_up):
             self._outcome(now_s, True)
 
+    def outcomes(self, now_s: float, outcomes: Counter) -> None:
+        """The outcomes of one micro-batch as `runtime.outputs.Outputs.act` names them: "forwarded", and
+        answers ("exit" | "degraded", exit id); a degraded answer at decision time is a forward that could not be
+        made (the next tier's window had closed or its link was backed up)."""
+        forwarded = backed_up = answered = 0
+        for outcome, n in outcomes.items():
+            if outcome == "forwarded":
+                forwarded += n
+            elif isinstance(outcome, tuple):
+                if outcome[0] == "degraded":
+                    backed_up += n
+                else:
+                    answered += n
+        self.decided(now_s, forwarded + backed_up + answered, forwarded, backed_up)
+
     def resolved(self, now_s: float, latency_ms: float) -> None:
         """An answer from above to a request this tier forwarded, ``latency_ms`` after the request's origin."""
         self._outcome(now_s, latency_ms > self.policy.objective_ms)
@@ -163,3 +180,41 @@ class AdaptiveExits:
         if self._apply is not None:
             self._apply(self.points[point], point)
         return True
+
+
+def attach(settings: Any, model: Any, forwards: bool, inference: Any, encoder: Any, metrics: Any, answers: Any,
+           clock: Any) -> AdaptiveExits | None:
+    """Put the calibrated thresholds in force on a worker (every result names its threshold) and, when adaptive
+    exits are on (``settings``: `runtime.settings.AdaptiveSettings`) and the tier forwards and has a curve, the
+    controller that moves them; it sets ``inference.thresholds`` (read once per micro-batch by the inference
+    thread) and the gauges, and learns each answer to a forward from ``answers.on_resolved``."""
+    calibrated = model.thresholds
+    encoder.in_force(model.exit_ids, calibrated, False)
+    metrics.thresholds_in_force(model.exit_ids, calibrated, 0)
+    if not settings.enabled or not forwards:
+        return None
+    spec = model.manifest.tier(model.name) if model.manifest is not None else None
+    curve = spec.curve if spec is not None else None
+    if curve is None:
+        log.warning("adaptive exits are on but the bundle has no operating points for this tier (calibrated "
+                    "before they existed): the calibrated thresholds stay in force; re-run calibration",
+                    extra={"tier": model.name})
+        return None
+    if curve.points[0].thresholds != list(calibrated):
+        log.warning("adaptive exits are on but the tier's thresholds are not its curve's calibrated point (they "
+                    "were changed after calibration): the thresholds stay in force; recompute the curve",
+                    extra={"tier": model.name, "thresholds": calibrated, "curve": curve.points[0].thresholds})
+        return None
+
+    def apply(point: OperatingPoint, index: int) -> None:
+        inference.thresholds = calibrated if index == 0 else point.thresholds
+        metrics.thresholds_in_force(model.exit_ids, point.thresholds, index)
+
+    policy = Policy(objective_ms=settings.objective_ms, quantile=settings.quantile, hysteresis=settings.hysteresis,
+                    max_step=settings.max_step, min_samples=settings.min_samples, quiet_s=settings.quiet_s)
+    ctl = AdaptiveExits(curve, policy, floor_points=settings.floor_points, window_s=settings.window_s,
+                        interval_s=settings.interval_s, apply=apply, tier=model.name)
+    answers.on_resolved = lambda p: ctl.resolved(time.monotonic(), clock.now() - (p.origin_ts or p.received_ts))
+    log.info("adaptive exits on", extra={"tier": model.name, "objective_ms": settings.objective_ms,
+                                         "points": len(ctl.points), "lowest": ctl.points[-1].thresholds})
+    return ctl

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from ml.exit_curve import ExitCurve, OperatingPoint
-from runtime.adaptive import AdaptiveExits, Policy, Upstream, next_point
+from runtime.adaptive import AdaptiveExits, Policy, Upstream, attach, next_point
 
 RATES = [0.4, 0.3, 0.2, 0.1, 0.04]  # forward share at each operating point
 POLICY = Policy(objective_ms=250, max_step=3, hysteresis=0.5, min_samples=10, quiet_s=30)
@@ -122,3 +125,53 @@ def test_lost_forwards_and_a_backed_up_link_count_as_slow():
     assert m.samples == 30 and m.slow_share == 1.0 and m.forward_ratio == pytest.approx(1.0)
     assert ctl.update(0.5) and ctl.point > 0 and ctl.adapted
     assert ctl.measured(20.0).samples == 0  # outside the window
+
+
+def _worker_parts(curve: ExitCurve | None, thresholds: list):
+    from ml.bundle import BundleManifest, ManifestTier, TensorSpec
+    from runtime import codec
+    from runtime.metrics import WorkerMetrics
+
+    manifest = BundleManifest(model_name="m", architecture="x", input=TensorSpec(shape=[4]), class_names=["a", "b"],
+                              num_exits=2, tiers=[
+                                  ManifestTier(name="edge", exits=[0], file="e", input_shape=[4], output_shape=[2],
+                                               thresholds=thresholds, curve=curve),
+                                  ManifestTier(name="cloud", exits=[1], file="c", input_shape=[2], output_shape=None,
+                                               thresholds=[None])])
+    model = SimpleNamespace(name="edge", exit_ids=[0], thresholds=thresholds, manifest=manifest)
+    inference = SimpleNamespace(thresholds=model.thresholds)
+    clock = SimpleNamespace(now=lambda: 10_000)
+    return (model, inference, codec.AnswerEncoder("edge", "1", "m", str), WorkerMetrics("edge", "1"),
+            SimpleNamespace(on_resolved=None), clock)
+
+
+def test_attach_puts_the_calibrated_thresholds_in_force_and_the_controller_moves_them():
+    from runtime.settings import AdaptiveSettings
+
+    model, inference, encoder, metrics, answers, clock = _worker_parts(_curve(), [0.9])
+    assert attach(AdaptiveSettings(), model, True, inference, encoder, metrics, answers, clock) is None  # off
+    assert b'"threshold":0.9,"adapted":false' in encoder.body("r", 0, 0.95, 0, 1, 2, False)
+    gauge = lambda name, **labels: metrics.registry.get_sample_value(name, {"tier": "edge", "version": "1", **labels})  # noqa: E731
+    assert gauge("tierflow_threshold", exit="0") == 0.9 and gauge("tierflow_operating_point") == 0
+
+    ctl = attach(AdaptiveSettings(objective_ms=250, interval_s=0.5), model, True, inference, encoder, metrics,
+                 answers, clock)
+    assert ctl is not None and answers.on_resolved is not None
+    ctl.decided(time.monotonic(), 100, 40)
+    for _ in range(20):  # forwards answered 1 s after their origin (clock.now() - origin_ts)
+        answers.on_resolved(SimpleNamespace(origin_ts=9_000, received_ts=9_001))
+    assert ctl.update(time.monotonic())
+    assert inference.thresholds == ctl.thresholds and inference.thresholds is not model.thresholds
+    assert gauge("tierflow_operating_point") == ctl.point > 0
+    assert gauge("tierflow_threshold", exit="0") == ctl.thresholds[0] < 0.9
+    # upper tiers never adapt: they forward nothing
+    assert attach(AdaptiveSettings(objective_ms=250), model, False, inference, encoder, metrics, answers, clock) is None
+
+
+@pytest.mark.parametrize(("curve", "thresholds"), [(None, [0.9]), (_curve(), [0.95])])
+def test_attach_keeps_the_thresholds_without_a_matching_curve(curve, thresholds, caplog):
+    from runtime.settings import AdaptiveSettings
+
+    parts = _worker_parts(curve, thresholds)
+    assert attach(AdaptiveSettings(objective_ms=250), parts[0], True, *parts[1:]) is None
+    assert "stay in force" in caplog.text
