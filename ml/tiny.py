@@ -37,11 +37,11 @@ def build_tiny_bundle(path: str | Path, tier_map: Mapping[str, Sequence[int | st
     the fog and a quarter in the cloud (with the default 3-tier map); the forwarding tiers' operating
     points (`ml.exit_curve`) go down to ``adaptive_floor`` points below the final exit (wide: a tiny model).
     """
+    from ml.architectures import build
     from ml.calibration import exit_costs_for
+    from ml.datasets import load_fashion_mnist
     from ml.exit_curve import exit_curves
     from ml.partition import normalize_tier_map
-    from ml.architectures import build
-    from ml.datasets import load_fashion_mnist
     from ml.training import TrainConfig, exit_metrics, predict_exits, set_seed, train_multi_exit
 
     data = load_fashion_mnist("train").subset(n_train + 1000, seed=seed)

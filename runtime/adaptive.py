@@ -12,8 +12,9 @@ calibration expected) keeps it under the budget:
 * towards more answered here when the current point misses the budget;
 * back towards calibrated only when the point to return to keeps it under ``(1 - hysteresis)`` of the
   budget (so the tier does not flap when answering more is what made the upstream fast again);
-* at most ``max_step`` points per update; with too few recent outcomes to judge, it holds; with none for
-  ``quiet_s`` (nothing forwarded, nothing to learn), it steps back to calibrated.
+* at most ``max_step`` points per update; with too few recent outcomes to judge, it holds if any was slow
+  and probes one point back if all were in time; with none for ``quiet_s`` (nothing forwarded, nothing to
+  learn), it steps back to calibrated.
 
 `next_point` is pure; `AdaptiveExits` keeps the recent outcomes and the point in force for a worker.
 """
@@ -65,7 +66,11 @@ def next_point(current: int, forward_rates: Sequence[float], up: Upstream, polic
     if last <= 0:
         return 0
     if up.samples < policy.min_samples:
-        return max(0, current - policy.max_step) if up.quiet_s >= policy.quiet_s else current
+        if up.quiet_s >= policy.quiet_s:
+            return max(0, current - policy.max_step)
+        # an adapted tier forwards little, so evidence comes slowly: a few outcomes all in time are enough to
+        # probe one point back; any slow one holds the point
+        return max(0, current - 1) if up.samples and up.slow_share == 0 else current
 
     def predicted(j: int) -> float:  # share of requests over the objective at point j
         return min(up.forward_ratio * forward_rates[j], 1.0) * up.slow_share

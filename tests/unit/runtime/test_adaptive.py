@@ -49,9 +49,11 @@ def test_hysteresis_holds_an_adapted_point_until_there_is_room_to_spare():
     assert next_point(1, RATES, up(0.0), POLICY) == 0
 
 
-def test_too_few_outcomes_hold_and_a_long_silence_returns_to_calibrated():
+def test_too_few_outcomes_hold_or_probe_back_and_a_long_silence_returns_to_calibrated():
     assert next_point(3, RATES, up(1.0, samples=3), POLICY) == 3
-    assert next_point(3, RATES, up(0.0, samples=3, quiet=10), POLICY) == 3
+    assert next_point(3, RATES, up(1 / 3, samples=3), POLICY) == 3  # one of three slow: hold
+    assert next_point(3, RATES, up(0.0, samples=3, quiet=1), POLICY) == 2  # all in time: one point back
+    assert next_point(3, RATES, up(0.0, samples=0, quiet=10), POLICY) == 3
     assert next_point(3, RATES, up(0.0, samples=0, quiet=31), POLICY) == 0
     assert next_point(0, [0.3], up(1.0), POLICY) == 0  # a curve of one point never moves
 
