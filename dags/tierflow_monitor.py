@@ -29,6 +29,7 @@ def tierflow_monitor():
     def measure(params=None) -> dict:
         from plugins.pipeline.monitor import (
             MonitorBounds,
+            adaptation_note,
             expected_tier_fractions,
             live_stats,
             read_window,
@@ -43,8 +44,10 @@ def tierflow_monitor():
         bounds = MonitorBounds(min_accuracy=params["min_accuracy"], max_exit_drift=params["max_exit_drift"],
                                min_samples=params["min_samples"])
         reasons = retrain_reasons(stats, expected, bounds)
-        print(f"live: {stats.as_dict()}; expected answers per tier: {expected}; retrain because: {reasons}")
-        return {"stats": stats.as_dict(), "expected": expected, "reasons": reasons}
+        note = adaptation_note(stats, expected, bounds)
+        print(f"live: {stats.as_dict()}; expected answers per tier: {expected}; retrain because: {reasons}"
+              + (f"; {note}" if note else ""))
+        return {"stats": stats.as_dict(), "expected": expected, "reasons": reasons, "adaptation": note}
 
     @task.short_circuit
     def needs_retraining(report: dict) -> bool:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from ml.cascade import TierDecision, decide
 from ml.contract import FULL
+from ml.exit_curve import ExitCurve
 from ml.registry_rest import RegistryError, download_registered
 
 BUNDLE_FORMAT = "tierflow.bundle/1"
@@ -39,6 +40,9 @@ class ManifestTier(BaseModel):
     output_shape: list[int] | None  # activation for the next tier; None on the last tier
     thresholds: list[float | None]  # one per exit; None = always answer (final exit)
     flops: int = 0  # per-sample FLOPs of this tier's sub-model
+    # Operating points from the calibrated thresholds down to the accuracy floor (`ml.exit_curve`), for
+    # tiers that forward; absent in older bundles (which then keep their thresholds), ignored by older code.
+    curve: ExitCurve | None = None
 
 
 class BundleManifest(BaseModel):
@@ -103,8 +107,10 @@ def save_bundle(
     metadata: Mapping[str, Any] | None = None,
     tflite: bool = False,
     representative: np.ndarray | None = None,
+    curves: Mapping[str, ExitCurve] | None = None,
 ) -> BundleManifest:
-    """Partition ``model`` and write a complete bundle; ``thresholds`` holds one value per global exit."""
+    """Partition ``model`` and write a complete bundle; ``thresholds`` holds one value per global exit,
+    ``curves`` the operating points of the tiers that forward (`ml.exit_curve`)."""
     from ml.confidence import canonical_measure
     from ml.partition import full_network_flops, partition
 
@@ -124,7 +130,8 @@ def save_bundle(
         ths = [None if (e == n_exits - 1 and i == len(parts) - 1) else thresholds[e] for e in part.exits]
         tiers.append(ManifestTier(name=part.name, exits=part.exits, file=file, input_shape=part.input_shape,
                               output_shape=part.output_shape,
-                              thresholds=[None if t is None else float(t) for t in ths], flops=part.flops))
+                              thresholds=[None if t is None else float(t) for t in ths], flops=part.flops,
+                              curve=(curves or {}).get(part.name)))
     model.save(out / FULL_FILE)
     manifest = BundleManifest(
         model_name=model_name,
@@ -206,8 +213,11 @@ class TierModel:
             return outs, None
         return outs[:-1], outs[-1]
 
-    def decide(self, exit_probs: Sequence[np.ndarray]) -> TierDecision:
-        return decide(exit_probs, self.thresholds, self.measure, self.is_last, self.exit_ids)
+    def decide(self, exit_probs: Sequence[np.ndarray], thresholds: Sequence[float | None] | None = None
+               ) -> TierDecision:
+        """The cascade decision at the tier's thresholds, or at ``thresholds`` (those in force, when adapted)."""
+        return decide(exit_probs, self.thresholds if thresholds is None else thresholds, self.measure, self.is_last,
+                      self.exit_ids)
 
     def class_name(self, label: int) -> str:
         return self.class_names[int(label)]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ml.calibration import Calibration, calibrate
 from ml.datasets import Dataset
+from ml.exit_curve import exit_curves
 from ml.partition import normalize_tier_map
 from ml.training import TrainConfig
 
@@ -27,6 +28,9 @@ class PipelineConfig:
     tolerance: float = 1.0  # accuracy points below the final exit the cascade may lose
     objective: str = "early"  # or "cost"
     margin_se: float = 2.0  # calibration safety margin in standard errors (see ml.calibration)
+    # Adaptive exits (ml.exit_curve): accuracy points below the final exit a tier's lowered thresholds may
+    # bring the cascade to, on the validation split; the operating points stop there.
+    adaptive_floor: float = 2.0
     # Objective "cost": cost (e.g. ms) of a request answered at each tier, one per tier of the tier map;
     # when None it is derived from the tiers' FLOPs at gflops_per_s plus link latency and transfer time.
     tier_costs: Sequence[float] | None = None
@@ -188,13 +192,16 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     train, val, test = split_data(train, test, cfg)
     model, tr = fit(train, val, cfg)
     cal, val_probs = calibrate_model(model, val, cfg)
+    curves = exit_curves(val_probs, val.y, cfg.tier_map, cal.thresholds, cal.exit_costs, measure=cfg.measure,
+                         floor_points=cfg.adaptive_floor, margin_se=cfg.margin_se)
     bundle_dir = out / "bundle"
     meta = {"dataset": dict(metadata or {}), "calibration": cal.to_dict(), "train": {
         "epochs_run": tr.epochs_run, "seconds": tr.seconds, "exit_weights": tr.exit_weights,
         "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val), **tr.extra}}
     manifest = save_bundle(bundle_dir, model, cfg.tier_map, cal.thresholds, train.class_names,
                            model_name=cfg.model_name, architecture=cfg.architecture, measure=cfg.measure,
-                           metadata=meta, tflite=cfg.tflite, representative=val.x[:200].astype("float32"))
+                           metadata=meta, tflite=cfg.tflite, representative=val.x[:200].astype("float32"),
+                           curves=curves)
     _, _, tier_cost = tier_costs_for(model, cfg)
     evaluation = evaluate_bundle(bundle_dir, test, tier_costs=tier_cost)
     test_probs = predict_exits(model, test.x.astype("float32"))
@@ -210,6 +217,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
         "val_exits": exit_metrics(val_probs, val.y),
         "test_exits": exit_metrics(test_probs, test.y),
         "calibration": cal.to_dict(),
+        "exit_curves": {t: c.model_dump() for t, c in curves.items()},
         "test": evaluation,
         "sanity": sanity_check(evaluation["accuracy"], len(train.class_names), len(test), cfg.min_accuracy),
         "tier_costs_ms": tier_cost,

@@ -121,6 +121,9 @@ def _tier_tags(manifest: Any, tier: str, release: str, run_id: str, dataset_vers
     if tier != FULL:
         spec = manifest.tier(tier)
         tags.update(exits=json.dumps(spec.exits), next_tier=str(manifest.next_tier(tier) or ""), flops=str(spec.flops))
+        if spec.curve is not None:  # the whole curve is in the model's metadata (the tier manifest)
+            tags.update(accuracy_floor=f"{spec.curve.floor_accuracy:.4f}", operating_points=str(len(spec.curve.points)),
+                        lowest_threshold=json.dumps(spec.curve.points[-1].thresholds))
     if dataset_version:
         tags["dataset_version"] = dataset_version
     return {TAG + k: v for k, v in tags.items()}

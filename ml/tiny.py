@@ -29,14 +29,19 @@ def mixing_thresholds(exit_probs: Sequence[np.ndarray], measure: str = "max_soft
 
 def build_tiny_bundle(path: str | Path, tier_map: Mapping[str, Sequence[int | str]] | str | None = None,
                       seed: int = 0, n_train: int = 3000, epochs: int = 2, measure: str = "max_softmax",
-                      model_name: str = "fmnist", version: str = "local", width: float = 0.5) -> BundleManifest:
+                      model_name: str = "fmnist", version: str = "local", width: float = 0.5,
+                      adaptive_floor: float = 10.0) -> BundleManifest:
     """Train a half-width compact CNN on ``n_train`` Fashion-MNIST samples and write a bundle to ``path``.
 
     Thresholds are set so that about half of the validation requests answer at the edge, a quarter at
-    the fog and a quarter in the cloud (with the default 3-tier map).
+    the fog and a quarter in the cloud (with the default 3-tier map); the forwarding tiers' operating
+    points (`ml.exit_curve`) go down to ``adaptive_floor`` points below the final exit (wide: a tiny model).
     """
     from ml.architectures import build
+    from ml.calibration import exit_costs_for
     from ml.datasets import load_fashion_mnist
+    from ml.exit_curve import exit_curves
+    from ml.partition import normalize_tier_map
     from ml.training import TrainConfig, exit_metrics, predict_exits, set_seed, train_multi_exit
 
     data = load_fashion_mnist("train").subset(n_train + 1000, seed=seed)
@@ -48,7 +53,10 @@ def build_tiny_bundle(path: str | Path, tier_map: Mapping[str, Sequence[int | st
     probs = predict_exits(model, val.x.astype("float32"))
     thresholds = mixing_thresholds(probs, measure)
     metrics = {f"val_exit{m['exit']}_accuracy": m["accuracy"] for m in exit_metrics(probs, val.y)}
+    costs = exit_costs_for(normalize_tier_map(tier_map, len(probs)), len(probs), "early")
+    curves = exit_curves(probs, val.y, tier_map, thresholds, [float(c) if np.isfinite(c) else None for c in costs],
+                         measure=measure, floor_points=adaptive_floor, margin_se=0.0)
     return save_bundle(path, model, tier_map, thresholds, data.class_names, model_name=model_name,
-                       architecture="compact", measure=measure, version=version,
+                       architecture="compact", measure=measure, version=version, curves=curves,
                        metadata={"dataset": f"fashion-mnist-train-subset-{n_train}", "seed": seed, "tiny": True,
                                  "metrics": metrics})

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from runtime import codec
 from runtime.kafka import consumer_config
 from runtime.metrics import WorkerMetrics
-from runtime.ownership import AnswerMemory, PendingForwards, TierClock
+from runtime.ownership import AnswerMemory, Pending, PendingForwards, TierClock
 from runtime.settings import Settings
 
 log = logging.getLogger("tierflow.worker")
@@ -33,6 +34,7 @@ class AnswerWatch:
         self.memory, self.pending, self.clock, self.metrics = memory, pending, clock, metrics
         self.topic = settings.topic("results")
         self.recalled = False
+        self.on_resolved: Callable[[Pending], None] | None = None  # each forward an answer resolves (adaptive exits)
         self._consumer: Any = None
         self._looked = 0.0  # time.monotonic() of the last look at the topic
 
@@ -99,6 +101,8 @@ class AnswerWatch:
             p = self.pending.resolve(rid)
             if p is not None:
                 p.batch.unresolved -= 1
+                if self.on_resolved is not None:
+                    self.on_resolved(p)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -165,8 +165,10 @@ def with_header(headers: Sequence[tuple[str, bytes]] | None, key: str, value: st
 
 # ---- results -----------------------------------------------------------------------------------------
 
+# threshold: the threshold of the answering exit in force when the tier decided (null for an exit that always
+# answers); adapted: that threshold is not the calibrated one (`runtime.adaptive`).
 RESULT_FIELDS = ("request_id", "label", "class_name", "confidence", "exit", "tier", "model_version",
-                 "tier_latency_ms", "latency_ms", "degraded")
+                 "tier_latency_ms", "latency_ms", "degraded", "threshold", "adapted")
 
 
 def encode_result(result: dict[str, Any]) -> bytes:
@@ -189,11 +191,23 @@ class AnswerEncoder:
 
     def __init__(self, tier: str, version: str, model_name: str, class_name: Any):
         self._class_name = class_name
+        self._no_threshold = ',"threshold":null,"adapted":false'
+        self._thresholds: dict[int, str] = {}
+        self._in_force: object = None
         self._class_json: dict[int, str] = {}
         self._tier_json = f'"tier":{_json_str(tier)},"model_version":{_json_str(version)}'
         self._headers = make_headers("", model=model_name, version=version, content_type=JSON,
                                      tf_source_tier=tier)[1:]
         self._const_bytes = len(REQUEST_ID) + len(ENTRY) + sum(len(k) + len(v) for k, v in self._headers)
+
+    def in_force(self, exit_ids: Sequence[int], thresholds: Sequence[float | None], adapted: bool) -> None:
+        """The thresholds this tier decides with (each answer names its exit's); a no-op for the same list."""
+        if thresholds is self._in_force:
+            return
+        self._in_force = thresholds
+        flag = "true" if adapted else "false"
+        self._thresholds = {e: f',"threshold":{"null" if t is None else _json_float(float(t))},"adapted":{flag}'
+                            for e, t in zip(exit_ids, thresholds, strict=True)}
 
     def body(self, request_id: str, label: int, confidence: float, exit_id: int, tier_latency_ms: int,
              latency_ms: int | None, degraded: bool) -> bytes:
@@ -203,7 +217,8 @@ class AnswerEncoder:
         return (f'{{"request_id":{_json_str(request_id)},"label":{label},"class_name":{class_json},'
                 f'"confidence":{_json_float(confidence)},"exit":{exit_id},{self._tier_json},'
                 f'"tier_latency_ms":{tier_latency_ms},"latency_ms":{"null" if latency_ms is None else latency_ms},'
-                f'"degraded":{"true" if degraded else "false"}}}').encode()
+                f'"degraded":{"true" if degraded else "false"}'
+                f'{self._thresholds.get(exit_id, self._no_threshold)}}}').encode()
 
     def headers(self, request_id: bytes, entry: bytes) -> tuple[list[tuple[str, bytes]], int]:
         """Headers of an answer and their size in bytes."""

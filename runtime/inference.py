@@ -23,6 +23,7 @@ class Inference:
     confident: list[bool]
     forwards: list[bytes]  # encoded activations of the rows no exit answered, in row order
     seconds: float
+    thresholds: list  # the thresholds in force this batch was decided with
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Staged:
 class InferenceThread:
     def __init__(self, model: Any, *, is_last: bool, activation_dtype: str, name: str):
         self.model, self.is_last, self.activation_dtype = model, is_last, activation_dtype
+        self.thresholds = model.thresholds  # in force: the calibrated list, or one adaptive exits put in its place
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
 
     def warm_up(self) -> None:
@@ -50,11 +52,12 @@ class InferenceThread:
     def _infer(self, samples: np.ndarray) -> Inference:
         t0 = time.perf_counter()
         probs, activation = self.model.predict(samples)
-        decision = self.model.decide(probs)
+        thresholds = self.thresholds
+        decision = self.model.decide(probs, thresholds)
         confident = decision.answered | self.is_last
         forwards = [] if confident.all() else codec.encode_tensors(activation[~confident], dtype=self.activation_dtype)
         return Inference(decision.label.tolist(), decision.confidence.tolist(), decision.exit_id.tolist(),
-                         confident.tolist(), forwards, time.perf_counter() - t0)
+                         confident.tolist(), forwards, time.perf_counter() - t0, thresholds)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

@@ -48,6 +48,12 @@ class WorkerMetrics:
                                    ["tier", "version"], registry=r).labels(**labels)
         self.bytes_out = Counter("tierflow_bytes_out", "Bytes produced (key + value + headers), by topic",
                                  ["tier", "version", "topic"], registry=r)
+        self.threshold = Gauge("tierflow_threshold", "Threshold in force per exit of this tier: the calibrated one "
+                               "unless adaptive exits moved it (exits that always answer are not listed)",
+                               ["tier", "version", "exit"], registry=r)
+        self.operating_point = Gauge("tierflow_operating_point", "Adaptive exits: the operating point in force "
+                                     "(0 = the calibrated thresholds, higher = more answered here)",
+                                     ["tier", "version"], registry=r).labels(**labels)
         self._labels = labels
         self._children: dict[tuple, Counter] = {}
 
@@ -89,6 +95,12 @@ class WorkerMetrics:
         known = [lag for lag in lags if lag >= 0]
         if known:
             self.lag.set(sum(known))
+
+    def thresholds_in_force(self, exit_ids: Sequence[int], thresholds: Sequence[float | None], point: int) -> None:
+        for e, t in zip(exit_ids, thresholds, strict=True):
+            if t is not None:
+                self.threshold.labels(**self._labels, exit=str(e)).set(t)
+        self.operating_point.set(point)
 
     def dead_letter(self, reason: str) -> None:
         self._child(self.records, outcome="dlq").inc()

@@ -233,12 +233,13 @@ class Outputs:
         self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
-    def answer_overdue(self, poll_answers: Callable[[bool], None]) -> None:
+    def answer_overdue(self, poll_answers: Callable[[bool], None]) -> int:
         """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered here,
-        degraded, with this tier's own best prediction (``poll_answers(True)`` first takes in answers just arrived)."""
+        degraded, with this tier's own best prediction (``poll_answers(True)`` first takes in answers just arrived).
+        Returns how many."""
         due = self.pending.next_close()
         if due is None or due > self.clock.now():
-            return
+            return 0
         poll_answers(True)
         n = 0
         for p in self.pending.due(self.clock.now()):
@@ -256,3 +257,4 @@ class Outputs:
             self.metrics.pending.set(len(self.pending))
             log.info("degraded answers published", extra={"tier": self.route.tier, "answers": n,
                                                           "pending": len(self.pending)})
+        return n

@@ -85,6 +85,59 @@ class KafkaSettings(BaseModel):
         return self
 
 
+class AdaptiveSettings(BaseModel):
+    """Adaptive exits (`runtime.adaptive`, README "Adaptive exits"): a forwarding tier lowers its thresholds
+    along the calibrated operating points while its upstream makes the p95 miss ``objective_ms``.
+
+    Off (``objective_ms`` 0) by default: the objective belongs to one deployment's links and service level,
+    and with it on a tier trades accuracy (down to the floor) for latency without being asked to.
+    """
+
+    objective_ms: float = 0.0  # end-to-end p95 objective; 0 = off, the calibrated thresholds always
+    # Accuracy points below the final exit the tier may go (validation split); None = the bundle's floor.
+    # Only a stricter floor than the bundle's has an effect: the curve stops at the bundle's.
+    floor_points: float | None = None
+    quantile: float = 0.95
+    window_s: float = 10.0  # outcomes of forwarded requests judged over this window
+    interval_s: float = 1.0  # the operating point moves at most this often
+    max_step: int = 3  # operating points per move
+    hysteresis: float = 0.5  # return towards calibrated only with this share of the latency budget to spare
+    min_samples: int = 10  # forwarded outcomes in the window needed before moving
+    quiet_s: float = 30.0  # nothing forwarded for this long: calibrated again
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaptiveSettings:
+        p = "TIERFLOW_WORKER__ADAPTIVE__"
+        problems = []
+        if self.objective_ms < 0:
+            problems.append(f"{p}OBJECTIVE_MS={self.objective_ms:g}: give the p95 objective in ms (> 0), or 0 for off")
+        if self.floor_points is not None and not 0 <= self.floor_points <= 50:
+            problems.append(f"{p}FLOOR_POINTS={self.floor_points:g}: give accuracy points from 0 to 50 below the "
+                            "final exit (e.g. 2), or leave it unset for the bundle's floor")
+        if not 0.5 <= self.quantile < 1:
+            problems.append(f"{p}QUANTILE={self.quantile:g}: give the latency quantile as a fraction in [0.5, 1), "
+                            "e.g. 0.95")
+        for name in ("window_s", "interval_s", "quiet_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{p}{name.upper()}={getattr(self, name):g}: give seconds > 0")
+        if self.interval_s > self.window_s:
+            problems.append(f"{p}INTERVAL_S={self.interval_s:g} is longer than {p}WINDOW_S={self.window_s:g}: "
+                            "move at most once per window")
+        if self.max_step < 1:
+            problems.append(f"{p}MAX_STEP={self.max_step}: give a whole number of operating points >= 1")
+        if not 0 <= self.hysteresis < 1:
+            problems.append(f"{p}HYSTERESIS={self.hysteresis:g}: give a fraction in [0, 1), e.g. 0.5")
+        if self.min_samples < 1:
+            problems.append(f"{p}MIN_SAMPLES={self.min_samples}: give a whole number >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.objective_ms > 0
+
+
 class WorkerSettings(BaseModel):
     """Tier worker tuning (micro-batching, deadlines, limits, HTTP port)."""
 
@@ -122,6 +175,7 @@ class WorkerSettings(BaseModel):
     version: str | None = None
     json_logs: bool = True
     log_level: str = "INFO"
+    adaptive: AdaptiveSettings = Field(default_factory=AdaptiveSettings)
 
 
 class S3Settings(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.adaptive import attach as attach_adaptive_exits
 from runtime.answers import AnswerWatch
 from runtime.health import HealthServer
 from runtime.inference import InferenceThread, Staged
@@ -71,6 +72,8 @@ class TierWorker:
         self._staged: deque[Staged] = deque()
         self.inference = InferenceThread(model, is_last=self.route.out_topic is None, name=self.tier,
                                          activation_dtype=self.ws.activation_dtype)
+        self.adaptive = attach_adaptive_exits(self.ws.adaptive, model, self.route.out_topic is not None, self.inference,
+                                              self.outputs.answers, self.metrics, self.answers, self.clock)
         self._consumer: Any = None
         self._http: HealthServer | None = None
         self._http_port = self.ws.http_port if http_port is None else http_port
@@ -106,7 +109,10 @@ class TierWorker:
                 self._publish_staged(wait=not records)  # answer, forward or drop, in consumption order
                 self._bound_unacknowledged()
                 self.answers.poll()  # answers of upper tiers resolve this tier's forwards
-                self.outputs.answer_overdue(self.answers.poll)  # forwards unanswered at their close: degraded
+                lost = self.outputs.answer_overdue(self.answers.poll)  # forwards unanswered at their close: degraded
+                if self.adaptive is not None:  # the thresholds in force follow the upstream's latency
+                    self.adaptive.lost(time.monotonic(), lost)
+                    self.adaptive.update(time.monotonic())
                 self._commit()  # offsets of the acknowledged, resolved prefix of batches
         finally:
             self.close()
@@ -247,6 +253,7 @@ class TierWorker:
             self.metrics.batch_size.observe(len(staged.requests))
             self.metrics.predict_seconds.observe(inf.seconds)
             now, forwards, outcomes = self.clock.now(), iter(inf.forwards), Counter()
+            self.outputs.answers.in_force(self.model.exit_ids, inf.thresholds, inf.thresholds is not self.model.thresholds)
             for i, req in enumerate(staged.requests):
                 activation = None if inf.confident[i] else next(forwards)
                 action = decide(now, req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms, inf.confident[i])
@@ -256,6 +263,8 @@ class TierWorker:
                 except Exception as exc:  # e.g. the producer refused the output: the record is a dead letter
                     self.outputs.dead_letter(batch, req.record, Rejected("produce", f"output not produced: {exc}"))
             self.metrics.count(outcomes)
+            if self.adaptive is not None:
+                self.adaptive.outcomes(time.monotonic(), outcomes)
             self.metrics.pending.set(len(self.pending))
         for req in staged.requests:
             self._in_progress.pop(req.request_id, None)

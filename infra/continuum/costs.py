@@ -156,6 +156,29 @@ def rethreshold(bundle: str | Path, thresholds: list[float | None], out: Path) -
     return out
 
 
+def add_curves(bundle: str | Path, x: np.ndarray, y: np.ndarray, floor_points: float = 2.0) -> Path:
+    """Give the bundle's forwarding tiers their operating points for the thresholds it serves
+    (`ml.exit_curve`, on ``x``/``y``, which the load never sends), so adaptive exits can move them."""
+    from ml.bundle import read_manifest, write_manifest
+    from ml.calibration import exit_costs_for
+    from ml.exit_curve import exit_curves
+
+    manifest = read_manifest(bundle)
+    tier_map = {t.name: t.exits for t in manifest.tiers}
+    thresholds: list[float | None] = [None] * manifest.num_exits
+    for t in manifest.tiers:
+        for e, th in zip(t.exits, t.thresholds, strict=True):
+            thresholds[e] = th
+    costs = exit_costs_for(tier_map, manifest.num_exits, "early")
+    curves = exit_curves(exit_probs(bundle, x), y, tier_map, thresholds,
+                         [float(c) if np.isfinite(c) else None for c in costs], measure=manifest.confidence,
+                         floor_points=floor_points)
+    for t in manifest.tiers:
+        t.curve = curves.get(t.name)
+    write_manifest(bundle, manifest)
+    return Path(bundle)
+
+
 def repartition(bundle: str | Path, tier_names: list[str], out: Path) -> Path:
     """The bundle's own trained network cut for other tiers (e.g. edge + cloud, no fog): the early exits go
     to the first tiers, one each, and the last tier takes the rest, so scenarios with fewer tiers still

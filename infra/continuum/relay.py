@@ -16,7 +16,8 @@ which then reconnects with its back-off.
 Run in a site's namespace: ``python -m infra.continuum.relay CONFIG.json`` where the JSON holds
 ``listen`` ("host:port"), ``upstream`` ("host:port"), ``delays_ms`` ({peer_ip: ms}), ``jitter_ms``
 ({peer_ip: ms}), ``control`` (a Unix socket path: JSON-line commands ``{"op": "cut"|"heal", "peers":
-[ip...]}``, ``{"op": "stats"}``, ``{"op": "set", "delays_ms": {...}}``).
+[ip...]}``, ``{"op": "stats"}``, ``{"op": "set", "delays_ms": {...}}``, which also applies to open
+connections).
 """
 
 from __future__ import annotations
@@ -256,6 +257,18 @@ class DelayRelay:
     def heal(self, peers: list[str] | None = None) -> None:
         self.cut_peers.difference_update(self.cut_peers if peers is None else peers)
 
+    def set_delays(self, delays_ms: Mapping[str, float], jitter_ms: Mapping[str, float] | None = None) -> None:
+        """New delays for these peers, on their open connections too (a link that slows under its clients);
+        a chunk is never written before the one ahead of it, so a shorter delay keeps the stream's order."""
+        self.delays_ms.update(delays_ms)
+        self.jitter_ms.update(jitter_ms or {})
+        for conn in self.connections:
+            for d in (conn.up, conn.down):
+                if conn.peer in delays_ms:
+                    d.delay_s = float(delays_ms[conn.peer]) / 1000
+                if jitter_ms and conn.peer in jitter_ms:
+                    d.jitter_s = float(jitter_ms[conn.peer]) / 1000
+
     def snapshot(self) -> dict[str, Any]:
         return {"listen": f"{self.listen[0]}:{self.listen[1]}", "cut": sorted(self.cut_peers),
                 "connections": len(self.connections),
@@ -269,8 +282,7 @@ class DelayRelay:
             self.heal(cmd.get("peers"))
             return {"ok": True}
         if op == "set":
-            self.delays_ms.update(cmd.get("delays_ms", {}))
-            self.jitter_ms.update(cmd.get("jitter_ms", {}))
+            self.set_delays(cmd.get("delays_ms", {}), cmd.get("jitter_ms", {}))
             return {"ok": True}
         if op == "stats":
             return {"ok": True, **self.snapshot()}

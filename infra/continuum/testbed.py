@@ -244,6 +244,21 @@ class Testbed:
             control_request(ctl, {"op": "heal", "peers": [ip for ip in self._crossing(link, site)
                                                           if ip not in still_cut]})
 
+    def set_delay(self, name: str, delay_ms: float) -> None:
+        """Change a link's one-way delay under load: every relay's delay for each peer whose path crosses it,
+        on the open connections too."""
+        link = self.link(name)
+        link.delay_ms = float(delay_ms)
+        link.jitter_ms = min(link.jitter_ms, link.delay_ms)
+        prof = self.scenario.profile
+        for site, ctl in self.relays.items():
+            delays = {ip: prof.delay_ms(other.name, site) for other in self.sites.values() for ip in other.ips}
+            control_request(ctl, {"op": "set", "delays_ms": delays})
+
+    def set_cores(self, site: str, cores: float) -> None:
+        """Change a site's core quota under load (e.g. halve the cloud's)."""
+        self.sites[site].group.limit(cores)
+
     # ---- measurements ------------------------------------------------------------------------------
 
     def link_bytes(self) -> dict[str, dict[str, int]]:

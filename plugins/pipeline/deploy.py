@@ -22,11 +22,13 @@ CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different 
 
 
 def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
-                 http_port: int = 9100, replicas: int = 1) -> Release:
-    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI; local workers pick free ports."""
+                 http_port: int = 9100, replicas: int = 1, env: dict[str, str] | None = None) -> Release:
+    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI and extra settings ``env``;
+    local workers pick free ports."""
     port = 0 if backend == "local" else http_port
     return Release(app, str(release), tuple(
-        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas) for t in tiers))
+        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas, env=dict(env or {}))
+        for t in tiers))
 
 
 def make_backend(kind: str, settings: Any) -> RolloutBackend:
@@ -68,7 +70,7 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
         sent_ms = dict(client.sent_ms)
     by_version: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
-    latencies, new_answers, new_correct, degraded = [], 0, 0, 0
+    latencies, new_answers, new_correct, degraded, adapted = [], 0, 0, 0, 0
     for i, rid in enumerate(ids):
         ans = answers.get(rid)
         if ans is None:
@@ -81,10 +83,11 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
             by_tier[str(r.get("tier"))] += 1
             new_answers += 1
             new_correct += int(r["label"]) == int(y[i])
+            adapted += bool(r.get("adapted"))
             latencies.append(ans.received_ms - sent_ms[rid])
     p95 = float(np.percentile(latencies, 95)) if latencies else float("nan")
     return CanaryReport(sent=len(ids), answered=len(answers), new_version_answers=new_answers,
-                        new_version_correct=new_correct, p95_latency_ms=p95, degraded=degraded,
+                        new_version_correct=new_correct, p95_latency_ms=p95, degraded=degraded, adapted=adapted,
                         answers_by_version=dict(by_version), answers_by_tier=dict(by_tier))
 
 
@@ -99,8 +102,10 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     # Workers and the canary use the Kafka, S3 and MLflow of the Airflow Connections, else the settings'.
     settings = connected_settings(settings)
     backend = backend or make_backend(cfg["backend"], settings)
+    from plugins.pipeline.params import worker_env
+
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
-                           backend=cfg["backend"], http_port=settings.worker.http_port)
+                           backend=cfg["backend"], http_port=settings.worker.http_port, env=worker_env(cfg))
     policy = CanaryPolicy(requests=cfg["canary_requests"],
                           min_accuracy=max(0.0, offline_accuracy - cfg["canary_accuracy_drop"]),
                           max_p95_latency_ms=cfg["canary_max_p95_ms"],

@@ -1,5 +1,10 @@
 """Live model health: accuracy from APP.feedback joined with APP.results, and exit-rate drift.
 
+Exit-rate drift judges the release's calibrated behaviour: answers given at adapted thresholds (results
+with ``adapted: true``, `runtime.adaptive`: a tier answering more itself while its upstream was slow) move
+answers to lower tiers by design, so when more than ``max_adapted_fraction`` of the window's results are
+adapted, drift is reported as caused by adaptation (`adaptation_note`) and is no reason to retrain.
+
 `live_stats` and `retrain_reasons` are pure (unit-tested). `read_window` is the Kafka edge: it reads
 both topics from the monitor's committed offsets (so each run sees only what is new), keeps results
 that still wait for their ground truth in a small state file, and commits after the state is saved.
@@ -25,6 +30,7 @@ class MonitorBounds:
     max_exit_drift: float = 0.2  # total variation distance between live and expected answers per tier
     min_samples: int = 50  # fewer joined samples than this: no accuracy verdict
     min_results: int = 100  # fewer results than this: no drift verdict
+    max_adapted_fraction: float = 0.05  # more results at adapted thresholds than this: drift not judged
 
 
 @dataclass
@@ -35,13 +41,18 @@ class LiveStats:
     tier_fractions: dict[str, float]
     model_versions: dict[str, int] = field(default_factory=dict)
     canary_excluded: int = 0  # canary answers seen and left out
+    adapted: int = 0  # results given at adapted thresholds
+
+    @property
+    def adapted_fraction(self) -> float:
+        return self.adapted / self.results if self.results else 0.0
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.joined if self.joined else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "accuracy": self.accuracy}
+        return {**asdict(self), "accuracy": self.accuracy, "adapted_fraction": self.adapted_fraction}
 
 
 def live_stats(results: list[dict], truths: dict[str, int]) -> LiveStats:
@@ -62,7 +73,8 @@ def live_stats(results: list[dict], truths: dict[str, int]) -> LiveStats:
     n = len(seen)
     return LiveStats(results=n, joined=len(joined), correct=correct,
                      tier_fractions={t: c / n for t, c in tiers.items()} if n else {},
-                     model_versions=dict(versions), canary_excluded=len(canary))
+                     model_versions=dict(versions), canary_excluded=len(canary),
+                     adapted=sum(bool(r.get("adapted")) for r in seen.values()))
 
 
 def exit_drift(live: dict[str, float], expected: dict[str, float]) -> float:
@@ -77,12 +89,22 @@ def retrain_reasons(stats: LiveStats, expected_tiers: dict[str, float] | None, b
     if stats.joined >= bounds.min_samples and stats.accuracy is not None and stats.accuracy < bounds.min_accuracy:
         reasons.append(f"live accuracy {stats.accuracy:.3f} < {bounds.min_accuracy:.3f} "
                        f"on {stats.joined} requests with feedback")
-    if expected_tiers and stats.results >= bounds.min_results:
+    if expected_tiers and stats.results >= bounds.min_results and stats.adapted_fraction <= bounds.max_adapted_fraction:
         drift = exit_drift(stats.tier_fractions, expected_tiers)
         if drift > bounds.max_exit_drift:
             reasons.append(f"exit-rate drift {drift:.3f} > {bounds.max_exit_drift:.3f} "
                            f"(live {_fmt(stats.tier_fractions)}, expected {_fmt(expected_tiers)})")
     return reasons
+
+
+def adaptation_note(stats: LiveStats, expected_tiers: dict[str, float] | None, bounds: MonitorBounds) -> str | None:
+    """Exit-rate drift the monitor did not judge because adaptation caused it (None when it judged drift)."""
+    if not expected_tiers or stats.results < bounds.min_results or stats.adapted_fraction <= bounds.max_adapted_fraction:
+        return None
+    drift = exit_drift(stats.tier_fractions, expected_tiers)
+    return (f"exit-rate drift {drift:.3f} with {stats.adapted} of {stats.results} results at adapted thresholds "
+            f"(> {bounds.max_adapted_fraction:.0%}): caused by adaptation to a slow upstream, not judged, no reason "
+            f"to retrain (live {_fmt(stats.tier_fractions)}, expected {_fmt(expected_tiers)})")
 
 
 def _fmt(d: dict[str, float]) -> str:

@@ -46,6 +46,13 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
                  "Exits served by each tier, edge to cloud, e.g. 'edge=0;fog=1;cloud=2' or 'cloud=final'."),
     "accuracy_tolerance": (1.0, {"type": "number", "minimum": 0, "maximum": 50},
                            "Calibration: accuracy points the cascade may lose against the final exit."),
+    "adaptive_floor": (2.0, {"type": "number", "minimum": 0, "maximum": 50},
+                       "Adaptive exits: accuracy points below the final exit (validation split) a tier may go "
+                       "when it answers more itself under a slow upstream; at least accuracy_tolerance."),
+    "latency_objective_ms": (0.0, {"type": "number", "minimum": 0, "maximum": 600000},
+                             "Adaptive exits: end-to-end p95 objective (ms) the forwarding tiers keep by "
+                             "answering more themselves when their upstream slows; 0 = off (calibrated "
+                             "thresholds always)."),
     "objective": ("early", {"type": "string", "enum": list(OBJECTIVES)},
                   "Calibration objective: 'early' (answer as early as possible) or 'cost' (tier costs)."),
     "cost_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
@@ -88,6 +95,7 @@ ML_OPTIONS: dict[str, str] = {
     "exit_loss_weights": "exit_weights",
     "tier_map": "tier_map",
     "accuracy_tolerance": "tolerance",
+    "adaptive_floor": "adaptive_floor",
     "objective": "objective",
     "cost_weights": "tier_costs",
     "confidence": "measure",
@@ -105,6 +113,12 @@ PipelineParams = make_dataclass(
     "PipelineParams", list(PARAM_SPECS), frozen=True,
     namespace={"to_dict": lambda self: asdict(self), "tier_map_text": property(_tier_map_text),
                "__doc__": "The validated parameters of one pipeline run (fields: PARAM_SPECS)."})
+
+
+def worker_env(params: dict[str, Any]) -> dict[str, str]:
+    """TIERFLOW_* settings of the release's tier workers that a run's parameters set (adaptive exits)."""
+    objective = float(params.get("latency_objective_ms") or 0)
+    return {"TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS": f"{objective:g}"} if objective > 0 else {}
 
 
 def ml_options(params: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +200,17 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if not _number(v["accuracy_tolerance"]) or not 0 <= v["accuracy_tolerance"] <= 50:
         problems.append(f"accuracy_tolerance={v['accuracy_tolerance']!r}: give accuracy points from 0 to 50 "
                         "(e.g. 1.0 = the cascade may be 1 point less accurate than the final exit)")
+    if not _number(v["adaptive_floor"]) or not 0 <= v["adaptive_floor"] <= 50:
+        problems.append(f"adaptive_floor={v['adaptive_floor']!r}: give accuracy points from 0 to 50 (e.g. 2.0 = a "
+                        "tier adapting its exits may bring the cascade to 2 points below the final exit)")
+    elif _number(v["accuracy_tolerance"]) and v["adaptive_floor"] < v["accuracy_tolerance"]:
+        problems.append(f"adaptive_floor={v['adaptive_floor']!r} is below accuracy_tolerance="
+                        f"{v['accuracy_tolerance']!r}: the calibrated thresholds may already lose that much, so "
+                        "no tier could adapt; give an adaptive_floor >= accuracy_tolerance")
+    lo = v["latency_objective_ms"]
+    if not _number(lo) or not 0 <= lo <= 600000:
+        problems.append(f"latency_objective_ms={lo!r}: give the p95 objective in ms (e.g. 250), or 0 to keep "
+                        "the calibrated thresholds always")
     if v["objective"] not in OBJECTIVES:
         problems.append(f"objective={v['objective']!r}: choose one of {list(OBJECTIVES)}")
     costs = _list_param(v["cost_weights"])
@@ -227,6 +252,7 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if problems:
         raise ParamError("invalid pipeline parameters:\n- " + "\n- ".join(problems))
     v["tier_map"] = tier_map
-    for name in ("accuracy_tolerance", "min_accuracy", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms"):
+    for name in ("accuracy_tolerance", "min_accuracy", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms",
+                 "adaptive_floor", "latency_objective_ms"):
         v[name] = float(v[name])
     return PipelineParams(**v)

@@ -82,6 +82,10 @@ class CanaryPolicy:
     max_unanswered: int = 0  # requests with no answer at all (any version) by the timeout
     min_new_version_answers: int = 10  # the new version must answer at least this many
     max_degraded_fraction: float = 0.05
+    # A release is judged on its calibrated thresholds: when more of the new version's answers than this came
+    # from adapted exits (`runtime.adaptive`: a slow upstream during the canary) its calibrated behaviour was
+    # not seen, and the canary fails rather than pass a release it could not judge.
+    max_adapted_fraction: float = 0.05
     timeout_s: float = 60.0
 
 
@@ -95,6 +99,7 @@ class CanaryReport:
     new_version_correct: int
     p95_latency_ms: float
     degraded: int = 0
+    adapted: int = 0  # answers of the new version given at adapted thresholds
     answers_by_version: dict[str, int] = field(default_factory=dict)
     answers_by_tier: dict[str, int] = field(default_factory=dict)
 
@@ -117,6 +122,11 @@ def canary_problems(report: CanaryReport, policy: CanaryPolicy) -> list[str]:
         problems.append(f"canary accuracy {report.accuracy:.3f} < {policy.min_accuracy:.3f}")
     if not math.isfinite(report.p95_latency_ms) or report.p95_latency_ms > policy.max_p95_latency_ms:
         problems.append(f"canary p95 latency {report.p95_latency_ms:.0f} ms > {policy.max_p95_latency_ms:.0f} ms")
+    if report.new_version_answers and report.adapted / report.new_version_answers > policy.max_adapted_fraction:
+        problems.append(f"{report.adapted} of the new version's {report.new_version_answers} canary answers came "
+                        f"from adapted exits (allowed fraction {policy.max_adapted_fraction}): its upstream was "
+                        "slower than the latency objective, so its calibrated behaviour could not be judged; "
+                        "retry the rollout when the links are healthy")
     if report.answered and report.degraded / report.answered > policy.max_degraded_fraction:
         problems.append(f"{report.degraded} of {report.answered} canary answers were degraded "
                         f"(allowed fraction {policy.max_degraded_fraction})")

@@ -156,3 +156,27 @@ def test_control_commands() -> None:
     assert relay.command({"op": "set", "delays_ms": {"10.0.0.3": 7}})["ok"]
     assert relay.delays_ms == {"10.0.0.1": 5, "10.0.0.3": 7}
     assert not relay.command({"op": "nope"})["ok"]
+
+
+def test_a_new_delay_applies_to_open_connections_and_keeps_order() -> None:
+    async def run() -> tuple[list[float], list[bytes]]:
+        arrivals: list[float] = []
+        server = await _stamp_server(arrivals)
+        relay = await _relay_to(server, 20)
+        reader, writer = await asyncio.open_connection(*relay.listen)
+        sent, echoed = [], []
+        for i, delay in enumerate((20, 150, 20)):
+            relay.set_delays({"127.0.0.1": delay})
+            t0 = time.monotonic()
+            writer.write(f"m{i}\n".encode())
+            await writer.drain()
+            echoed.append(await reader.readline())
+            sent.append(time.monotonic() - t0)
+        writer.close()
+        await relay.stop()
+        server.close()
+        return sent, echoed
+
+    rtt, echoed = asyncio.run(run())
+    assert echoed == [b"m0\n", b"m1\n", b"m2\n"]
+    assert 0.035 < rtt[0] < 0.1 and 0.29 < rtt[1] < 0.4 and 0.035 < rtt[2] < 0.1, rtt

@@ -27,8 +27,15 @@ def test_pipeline_writes_bundle_report_and_plots(small_run):
     assert m.tier_names == ["edge", "fog", "cloud"]
     assert set(m.tflite) == {"float", "int8"} and (result.bundle_dir / m.tflite["int8"]).is_file()
     assert m.metadata["dataset"] == {"version": "test-1"}
+    # the forwarding tiers carry their operating points from the calibrated thresholds down to the floor
+    for tier in ("edge", "fog"):
+        curve = m.tier(tier).curve
+        assert curve is not None and curve.points[0].thresholds == m.tier(tier).thresholds
+        assert curve.floor_accuracy == pytest.approx(curve.final_accuracy - 0.02)
+    assert m.tier("cloud").curve is None
     report = json.loads(result.report_path.read_text())
     assert report["n"]["test"] == len(test)
+    assert set(report["exit_curves"]) == {"edge", "fog"}
     for p in result.plots:
         assert p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG"
     for key in ("test_accuracy", "test_final_exit_accuracy", "test_relative_compute", "test_fraction_edge",

@@ -93,3 +93,24 @@ def test_canary_answers_stay_out_of_live_accuracy_and_exit_drift():
     counted = live_stats([{**r, "request_id": r["request_id"].replace(CANARY_ID_PREFIX, "x-")} for r in canary]
                          + live, truths)
     assert retrain_reasons(counted, expected, bounds)[0].startswith("exit-rate drift")  # what it would do
+
+
+def test_drift_caused_by_adaptation_is_reported_as_such_and_triggers_no_retraining():
+    from plugins.pipeline.monitor import adaptation_note
+
+    bounds = MonitorBounds(min_accuracy=0.5, max_exit_drift=0.2, min_samples=4, min_results=4)
+    # a slow upstream: the edge answered everything itself, 8 of 10 answers at adapted thresholds
+    results = [result(str(i), 0) | {"adapted": i < 8} for i in range(10)]
+    stats = live_stats(results, {str(i): 0 for i in range(10)})
+    assert stats.adapted == 8 and stats.adapted_fraction == 0.8
+    expected = {"edge": 0.5, "fog": 0.3, "cloud": 0.2}
+    assert retrain_reasons(stats, expected, bounds) == []
+    note = adaptation_note(stats, expected, bounds)
+    assert note is not None and "drift 0.500" in note and "8 of 10 results at adapted thresholds" in note
+    # the same drift with calibrated answers is a reason to retrain, and no adaptation note
+    calibrated = live_stats([result(str(i), 0) | {"adapted": False} for i in range(10)], {})
+    assert any("exit-rate drift 0.500" in r for r in retrain_reasons(calibrated, expected, bounds))
+    assert adaptation_note(calibrated, expected, bounds) is None
+    # adaptation does not hide a bad model: live accuracy is still judged
+    bad = live_stats(results, {str(i): 1 for i in range(10)})
+    assert any("live accuracy 0.000" in r for r in retrain_reasons(bad, expected, bounds))

@@ -121,3 +121,19 @@ def test_the_form_needs_nothing_the_defaults_lack_and_its_schema_agrees_with_val
         assert not schema_ok("dataset", bad), bad
         with pytest.raises(ParamError):
             validate({"dataset": bad})
+
+
+def test_adaptive_exit_parameters_are_checked_and_reach_the_ml_pipeline_and_the_workers():
+    from plugins.pipeline.params import ml_options, worker_env
+
+    cfg = validate({"adaptive_floor": 3, "latency_objective_ms": 250}).to_dict()
+    assert ml_options(cfg)["adaptive_floor"] == 3.0
+    assert worker_env(cfg) == {"TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS": "250"}
+    assert worker_env(validate({}).to_dict()) == {}  # off by default
+    with pytest.raises(ParamError) as err:
+        validate({"adaptive_floor": 0.5, "accuracy_tolerance": 1.0, "latency_objective_ms": -1})
+    text = str(err.value)
+    assert "adaptive_floor=0.5 is below accuracy_tolerance=1.0" in text and "adaptive_floor >= accuracy_tolerance" in text
+    assert "latency_objective_ms=-1: give the p95 objective in ms" in text
+    with pytest.raises(ParamError, match="adaptive_floor='x': give accuracy points from 0 to 50"):
+        validate({"adaptive_floor": "x"})

@@ -82,6 +82,7 @@ def test_canary_passes_within_bounds():
     (CanaryReport(100, 97, 60, 55, 40.0), "3 of 100 canary requests got no answer"),
     (good_report(version_answers=3, correct=3), "answered only 3"),
     (CanaryReport(100, 100, 60, 55, 40.0, degraded=20), "20 of 100 canary answers were degraded"),
+    (CanaryReport(100, 100, 60, 55, 40.0, adapted=12), "12 of the new version's 60 canary answers came from adapted"),
 ])
 def test_canary_problems_name_the_bound_that_was_crossed(report, needle):
     problems = canary_problems(report, CanaryPolicy(min_accuracy=0.8))

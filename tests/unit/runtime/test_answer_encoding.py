@@ -22,9 +22,18 @@ def test_answer_body_equals_encode_result(rid, label, confidence, latency, degra
     body = enc.body(rid, label, confidence, 4, 3, latency, degraded)
     expected = {"request_id": rid, "label": label, "class_name": CLASSES[label], "confidence": confidence,
                 "exit": 4, "tier": "cloud", "model_version": "7", "tier_latency_ms": 3, "latency_ms": latency,
-                "degraded": degraded}
+                "degraded": degraded, "threshold": None, "adapted": False}
     assert body == codec.encode_result(expected)
     assert tuple(json.loads(body)) == codec.RESULT_FIELDS
+    # with thresholds in force, each answer names its exit's
+    enc.in_force([3, 4], [0.8125, None], adapted=False)
+    assert enc.body(rid, label, confidence, 4, 3, latency, degraded) == codec.encode_result(expected)
+    assert json.loads(enc.body(rid, label, confidence, 3, 3, latency, degraded))["threshold"] == 0.8125
+    adapted = [0.5, None]
+    enc.in_force([3, 4], adapted, adapted=True)
+    enc.in_force([3, 4], adapted, adapted=False)  # the same list again: nothing rebuilt
+    assert enc.body(rid, label, confidence, 3, 3, latency, degraded) == codec.encode_result(
+        expected | {"exit": 3, "threshold": 0.5, "adapted": True})
 
 
 def test_answer_headers_and_their_size():

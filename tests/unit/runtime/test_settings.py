@@ -17,3 +17,26 @@ def test_secrets_are_not_printed(monkeypatch):
     s = Settings()
     assert "hunter2" not in repr(s)
     assert s.s3.secret_access_key.get_secret_value() == "hunter2"
+
+
+def test_adaptive_exits_are_off_by_default_and_set_by_env(monkeypatch):
+    assert not Settings().worker.adaptive.enabled
+    monkeypatch.setenv("TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS", "250")
+    monkeypatch.setenv("TIERFLOW_WORKER__ADAPTIVE__FLOOR_POINTS", "1.5")
+    a = Settings().worker.adaptive
+    assert a.enabled and a.objective_ms == 250 and a.floor_points == 1.5
+
+
+def test_wrong_adaptive_settings_name_the_variable_and_what_to_give(monkeypatch):
+    import pytest
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS", "-5")
+    monkeypatch.setenv("TIERFLOW_WORKER__ADAPTIVE__QUANTILE", "1.5")
+    monkeypatch.setenv("TIERFLOW_WORKER__ADAPTIVE__INTERVAL_S", "20")
+    with pytest.raises(ValidationError) as err:
+        Settings()
+    text = str(err.value)
+    assert "TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS=-5: give the p95 objective in ms" in text
+    assert "QUANTILE=1.5: give the latency quantile as a fraction" in text
+    assert "INTERVAL_S=20 is longer than TIERFLOW_WORKER__ADAPTIVE__WINDOW_S=10" in text
