@@ -16,6 +16,8 @@ import typer
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, or an image folder")]
+ArchitectureOpt = Annotated[str, typer.Option(help="compact | b_alexnet | vgg, your factory 'package.module:function', "
+                                                   "a .keras file or an MLflow model URI (models:/name/1)")]
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -61,7 +63,7 @@ def _splits(meta, cfg):
 def train(
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/latest"),
     dataset: DatasetOpt = "fashion-mnist",
-    architecture: Annotated[str, typer.Option(help="compact | b_alexnet | vgg")] = "compact",
+    architecture: ArchitectureOpt = "compact",
     width: float = 1.0,
     epochs: int = 8,
     batch_size: int = 128,
@@ -211,7 +213,7 @@ def evaluate(
 def run_all(
     out: Path = Path("runs/latest"),
     dataset: DatasetOpt = "fashion-mnist",
-    architecture: str = "compact",
+    architecture: ArchitectureOpt = "compact",
     epochs: int = 8,
     tier_map: str | None = None,
     tolerance: float = 1.0,

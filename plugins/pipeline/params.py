@@ -15,6 +15,7 @@ from typing import Any
 from ml.architectures import ARCHITECTURES
 from ml.confidence import MEASURES
 from ml.contract import TIERS
+from ml.user_models import spec_kind
 
 BACKENDS = ("local", "kubernetes")
 CONFIDENCE = MEASURES
@@ -27,8 +28,10 @@ class ParamError(ValueError):
 
 # name -> (default, JSON schema, description shown in the trigger form)
 PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
-    "architecture": ("compact", {"type": "string", "enum": list(ARCHITECTURES)},
-                     "Multi-exit network: compact (28x28 default), b_alexnet or vgg."),
+    "architecture": ("compact", {"type": "string", "minLength": 1, "examples": list(ARCHITECTURES)},
+                     "Multi-exit network: compact (28x28 default), b_alexnet, vgg, your factory "
+                     "'package.module:function' (importable in the ML environment), a .keras file (path or s3://) "
+                     "or an MLflow model URI (models:/name/version)."),
     "epochs": (3, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
     "exit_loss_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
                           "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 1.0 each."),
@@ -132,8 +135,11 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
         problems.append(f"unknown parameter(s) {unknown}; known: {sorted(PARAM_SPECS)}")
     v = {**defaults(), **{k: conf[k] for k in conf if k in PARAM_SPECS}}
 
-    if v["architecture"] not in ARCHITECTURES:
-        problems.append(f"architecture={v['architecture']!r}: choose one of {list(ARCHITECTURES)}")
+    try:
+        spec_kind(v["architecture"])
+        v["architecture"] = v["architecture"].strip()
+    except ValueError as exc:
+        problems.append(str(exc))
     if isinstance(v["epochs"], str) and v["epochs"].strip().isdigit():
         v["epochs"] = int(v["epochs"])
     if not isinstance(v["epochs"], int) or isinstance(v["epochs"], bool) or not 1 <= v["epochs"] <= 200:
