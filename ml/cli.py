@@ -15,7 +15,8 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
-DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, or an image folder")]
+DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, a .npz (x, y[, class_names]) "
+                                              "or an image folder (one sub-folder per class)")]
 ArchitectureOpt = Annotated[str, typer.Option(help="compact | b_alexnet | vgg, your factory 'package.module:function', "
                                                    "a .keras file or an MLflow model URI (models:/name/1)")]
 

@@ -30,6 +30,9 @@ from ml.architectures import ARCHITECTURES
 BUILTIN, FACTORY, FILE, MLFLOW = "builtin", "factory", "file", "mlflow"
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+# The same forms as a JSON-schema pattern, for the pipeline's trigger form (spec_kind gives the messages).
+SPEC_PATTERN = (r"^\s*(" + "|".join(ARCHITECTURES) + r"|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*"
+                r"|.+\.keras|(models|runs):/.+)\s*$")
 SPEC_HELP = (f"a built-in name {list(ARCHITECTURES)}, an import path 'package.module:factory', a .keras file "
              "(path, file: or s3:// URI) or an MLflow model URI (models:/name/version, models:/name@alias, runs:/...)")
 

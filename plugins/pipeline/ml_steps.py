@@ -47,15 +47,46 @@ def load_training_data(dataset_uri: str, settings: Any):
     return read_dataset(path), f"{manifest.name}@{manifest.version}"
 
 
+def fetch_model_file(spec: str, target: Path, settings: Any) -> str:
+    """An ``s3://`` .keras architecture fetched with the pipeline's S3 settings to a local file; any other
+    spec unchanged (ml.user_models loads it)."""
+    if not spec.startswith("s3://"):
+        return spec
+    from botocore.exceptions import ClientError
+
+    from plugins.hooks.s3 import DatasetStore, split_uri
+
+    bucket, key = split_uri(spec)
+    store = DatasetStore.from_settings(settings)
+    store.bucket = bucket
+    try:
+        data = store.get_bytes(key)
+    except ClientError as err:
+        raise ValueError(f"architecture={spec!r}: cannot read it from S3 ({err}); check the bucket and key") from err
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return str(target)
+
+
+def fixed_test_split(data: Any):
+    """The fixed Fashion-MNIST test subset when the data is Fashion-MNIST (every gate compares on it), else
+    None: ml.pipeline splits a seeded test set off the user's own dataset."""
+    from ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    if list(data.class_names) != FASHION_MNIST_CLASSES or tuple(data.x.shape[1:]) != (28, 28, 1):
+        return None
+    return load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)
+
+
 def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: str) -> dict[str, Any]:
     """Train, calibrate, partition and evaluate (ml.pipeline) on the dataset version; log params, metrics and
     plots to one MLflow run. Returns what gate/register/deploy need (JSON-able)."""
 
     import mlflow
 
-    from ml.datasets import load_fashion_mnist
     from ml.pipeline import train_calibrate_partition as run_ml_pipeline
     from ml.registry import log_training
+    from ml.user_models import architecture_source
     from plugins.pipeline.params import ml_options
     from runtime.settings import get_settings
 
@@ -64,20 +95,25 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     data, dataset_version = load_training_data(cfg.get("dataset") or dataset_uri, settings)
     if cfg.get("max_train_samples"):
         data = data.subset(int(cfg["max_train_samples"]), seed=0)
-    test = load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)  # the same split for every gate
+    test = fixed_test_split(data)
+    run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
+    source = architecture_source(cfg["architecture"])
     options: dict[str, Any] = {
         **ml_options(cfg), "model_name": settings.app, "tflite": False,
-        "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri},
+        "architecture": fetch_model_file(cfg["architecture"], run_dir / "architecture.keras", settings),
+        "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri, "architecture_source": source},
     }
-    run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     mlflow.set_experiment(settings.app)
-    with mlflow.start_run(run_name=f"{cfg['architecture']}-{run_dir.name}") as run:
-        result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir, test.x, test.y, **options)
+    run_name = cfg["architecture"] if source["architecture_kind"] == "builtin" else source["architecture_kind"]
+    with mlflow.start_run(run_name=f"{run_name}-{run_dir.name}") as run:
+        mlflow.set_tags({f"tierflow.{k}": v for k, v in source.items()})
+        result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir,
+                                 None if test is None else test.x, None if test is None else test.y, **options)
         rep = result.report
         log_training({**cfg, "dataset_version": dataset_version, "train_samples": rep["n"]["train"],
-                      "test_samples": rep["n"]["test"]}, result.metrics, rep.get("test_exits", []),
-                     rep.get("history"), result.plots)
+                      "test_samples": rep["n"]["test"], "class_names": list(data.class_names)},
+                     result.metrics, rep.get("test_exits", []), rep.get("history"), result.plots)
         mlflow.log_artifact(str(result.report_path))
         run_id = run.info.run_id
     test_eval = rep["test"]

@@ -15,7 +15,7 @@ from typing import Any
 from ml.architectures import ARCHITECTURES
 from ml.confidence import MEASURES
 from ml.contract import TIERS
-from ml.user_models import spec_kind
+from ml.user_models import SPEC_PATTERN, spec_kind
 
 BACKENDS = ("local", "kubernetes")
 CONFIDENCE = MEASURES
@@ -28,7 +28,7 @@ class ParamError(ValueError):
 
 # name -> (default, JSON schema, description shown in the trigger form)
 PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
-    "architecture": ("compact", {"type": "string", "minLength": 1, "examples": list(ARCHITECTURES)},
+    "architecture": ("compact", {"type": "string", "pattern": SPEC_PATTERN, "examples": list(ARCHITECTURES)},
                      "Multi-exit network: compact (28x28 default), b_alexnet, vgg, your factory "
                      "'package.module:function' (importable in the ML environment), a .keras file (path or s3://) "
                      "or an MLflow model URI (models:/name/version)."),

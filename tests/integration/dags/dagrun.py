@@ -37,6 +37,8 @@ def run_dag(airflow_env: dict[str, str], settings, dag_id: str, conf: dict | Non
 
     env = {**os.environ, **airflow_env, **settings_env(settings), "TIERFLOW_HOME": str(settings.home)}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # the code under test first, also in external-python tasks (the venv may hold another checkout)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-m", "tests.integration.dags.dagrun", str(REPO / "dags" / f"{dag_id}.py"),
                            dag_id, json.dumps(conf or {})], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout_s)

@@ -25,7 +25,17 @@ def test_lists_from_the_form_as_text_are_parsed():
                                   "file:m.keras", "s3://models/net.keras", "models:/net/3", "models:/net@champion",
                                   "runs:/abc/model"])
 def test_user_architectures_pass_validation_in_the_scheduler_without_tensorflow(spec):
+    import re
+
     assert validate({"architecture": spec}).architecture == spec.strip()
+    assert re.match(PARAM_SPECS["architecture"][1]["pattern"], spec)  # and the trigger form
+
+
+@pytest.mark.parametrize("spec", ["resnet", "my.models:", "weights.h5", "models:/", ""])
+def test_the_trigger_form_pattern_refuses_what_validation_refuses(spec):
+    import re
+
+    assert not re.match(PARAM_SPECS["architecture"][1]["pattern"], spec)
 
 
 def test_cloud_only_tier_map():
