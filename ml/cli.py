@@ -17,6 +17,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, a .npz (x, y[, class_names]) "
                                               "or an image folder (one sub-folder per class)")]
+ImageSizeOpt = Annotated[str | None, typer.Option(help="resize an image folder's images to HxW, e.g. 64x64")]
 ArchitectureOpt = Annotated[str, typer.Option(help="compact | b_alexnet | vgg, your factory 'package.module:function', "
                                                    "a .keras file or an MLflow model URI (models:/name/1)")]
 
@@ -55,7 +56,7 @@ def _splits(meta, cfg):
     from ml.pipeline import split_data
     from ml.sources import load_dataset
 
-    train, test = load_dataset(meta["dataset"])
+    train, test = load_dataset(meta["dataset"], image_size=meta.get("image_size"))
     train = train.subset(meta.get("n_train"), seed=cfg.train.seed)
     return split_data(train, test, cfg)
 
@@ -74,20 +75,22 @@ def train(
     max_seconds: Annotated[float | None, typer.Option(help="stop after the epoch that crosses this budget")] = None,
     val_fraction: float = 0.1,
     n_train: Annotated[int | None, typer.Option(help="use a random subset of this many samples")] = None,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Train all exits jointly; writes model.keras, train.json, training.png, confusion.png."""
     from dataclasses import asdict
 
     from ml import plots
     from ml.pipeline import PipelineConfig, _jsonable, fit, split_data
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
     from ml.training import TrainConfig, exit_metrics, predict_exits
 
     try:
+        size = parse_image_size(image_size)
         cfg = PipelineConfig(architecture=architecture, width=width, val_fraction=val_fraction,
                              train=TrainConfig(epochs=epochs, batch_size=batch_size, exit_weights=_floats(exit_weights),
                                                seed=seed, patience=patience, max_seconds=max_seconds))
-        full, test = load_dataset(dataset)
+        full, test = load_dataset(dataset, image_size=size)
         full = full.subset(n_train, seed=seed)
         tr, val, te = split_data(full, test, cfg)
         model, result = fit(tr, val, cfg)
@@ -96,7 +99,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     val_m = exit_metrics(predict_exits(model, val.x.astype("float32")), val.y)
-    report = {"dataset": dataset, "n_train": n_train, "config": _jsonable(asdict(cfg)), "history": result.history,
+    report = {"dataset": dataset, "image_size": size, "n_train": n_train, "config": _jsonable(asdict(cfg)), "history": result.history,
               "epochs_run": result.epochs_run, "seconds": result.seconds, "val_exits": val_m,
               "class_names": tr.class_names, "n": {"train": len(tr), "val": len(val), "test": len(te)}}
     if n_train is not None:
@@ -189,14 +192,15 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="where to write evaluation.json/cascade.png (default: bundle's parent)")] = None,
     test_fraction: float = 0.15,
     seed: int = 0,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Offline cascade evaluation on the held-out test split (accuracy, tiers, FLOPs, bytes, cloud-only)."""
     from ml import plots
     from ml.pipeline import evaluate_bundle
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
 
     try:
-        train, test = load_dataset(dataset)
+        train, test = load_dataset(dataset, image_size=parse_image_size(image_size))
         if test is None:
             _, test = train.split(test_fraction, seed=seed + 1)
         ev = evaluate_bundle(bundle, test)
@@ -221,14 +225,15 @@ def run_all(
     objective: str = "early",
     max_seconds: float | None = None,
     seed: int = 0,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """train → calibrate → partition → evaluate in one go (the function the Airflow task calls)."""
     from ml.pipeline import PipelineConfig, run_pipeline
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
     from ml.training import TrainConfig
 
     try:
-        train_ds, test = load_dataset(dataset)
+        train_ds, test = load_dataset(dataset, image_size=parse_image_size(image_size))
         cfg = PipelineConfig(architecture=architecture, tier_map=tier_map, tolerance=tolerance, objective=objective,
                              train=TrainConfig(epochs=epochs, seed=seed, max_seconds=max_seconds))
         result = run_pipeline(train_ds, out, cfg, test=test, metadata={"dataset": dataset})

@@ -14,6 +14,8 @@ from typing import Any
 BUILTIN_DATASET = "fashion-mnist"
 TEST_SAMPLES = 2000  # fixed, seeded subset of the Fashion-MNIST test split: same split for every gate
 VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15  # of a user's own dataset (Fashion-MNIST data uses the fixed test subset)
+CANARY_SAMPLES = 1000
 
 
 def load_training_data(dataset_uri: str, settings: Any):
@@ -68,14 +70,24 @@ def fetch_model_file(spec: str, target: Path, settings: Any) -> str:
     return str(target)
 
 
-def fixed_test_split(data: Any):
-    """The fixed Fashion-MNIST test subset when the data is Fashion-MNIST (every gate compares on it), else
-    None: ml.pipeline splits a seeded test set off the user's own dataset."""
+def train_test_split(data: Any) -> tuple[Any, Any]:
+    """(train, test): Fashion-MNIST data is tested on the fixed Fashion-MNIST test subset (every gate compares
+    on it); a user's own dataset (other classes or sample shape) on a seeded TEST_FRACTION split off it."""
     from ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-    if list(data.class_names) != FASHION_MNIST_CLASSES or tuple(data.x.shape[1:]) != (28, 28, 1):
-        return None
-    return load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)
+    if list(data.class_names) == FASHION_MNIST_CLASSES and tuple(data.x.shape[1:]) == (28, 28, 1):
+        return data, load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)
+    return data.split(TEST_FRACTION, seed=1)
+
+
+def save_canary_samples(test: Any, path: Path, n: int = CANARY_SAMPLES) -> str:
+    """Labelled test samples of the run's own data for the deploy step's canary requests."""
+    import numpy as np
+
+    sub = test.subset(n, seed=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=sub.x, y=sub.y, class_names=np.asarray(sub.class_names))
+    return str(path)
 
 
 def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: str) -> dict[str, Any]:
@@ -95,8 +107,9 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     data, dataset_version = load_training_data(cfg.get("dataset") or dataset_uri, settings)
     if cfg.get("max_train_samples"):
         data = data.subset(int(cfg["max_train_samples"]), seed=0)
-    test = fixed_test_split(data)
+    data, test = train_test_split(data)
     run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
+    canary_file = save_canary_samples(test, run_dir / "canary.npz")
     source = architecture_source(cfg["architecture"])
     options: dict[str, Any] = {
         **ml_options(cfg), "model_name": settings.app, "tflite": False,
@@ -108,8 +121,7 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
     run_name = cfg["architecture"] if source["architecture_kind"] == "builtin" else source["architecture_kind"]
     with mlflow.start_run(run_name=f"{run_name}-{run_dir.name}") as run:
         mlflow.set_tags({f"tierflow.{k}": v for k, v in source.items()})
-        result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir,
-                                 None if test is None else test.x, None if test is None else test.y, **options)
+        result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir, test.x, test.y, **options)
         rep = result.report
         log_training({**cfg, "dataset_version": dataset_version, "train_samples": rep["n"]["train"],
                       "test_samples": rep["n"]["test"], "class_names": list(data.class_names)},
@@ -118,6 +130,7 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, out_dir: st
         run_id = run.info.run_id
     test_eval = rep["test"]
     return {"run_id": run_id, "bundle_dir": str(result.bundle_dir), "dataset_version": dataset_version,
+            "canary_file": canary_file,
             "test_accuracy": float(test_eval["accuracy"]), "tier_fractions": test_eval["tier_fractions"],
             "num_classes": len(data.class_names), "test_samples": int(rep["n"]["test"]),
             "metrics": result.metrics, "tiers": list(test_eval["tier_fractions"]),

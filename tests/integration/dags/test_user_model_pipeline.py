@@ -57,3 +57,32 @@ def test_user_factory_then_user_keras_file_in_s3_are_trained_registered_and_serv
     tags = client.get_run(champion["run_id"]).data.tags
     assert tags["tierflow.architecture_kind"] == "file" and tags["tierflow.architecture"] == uri
     assert list(LocalProcessBackend(settings.home).running(settings.app)) == ["2"]
+
+
+def test_an_ingested_image_folder_through_the_pipeline_then_replayed_by_the_simulator(
+        airflow_db, pipeline_settings, monkeypatch, tmp_path):  # noqa: F811
+    """Folder → `tierflow publish-training` → ingest → pipeline DAG (tested and canaried on the folder's own
+    held-out images) → served; `tierflow simulate` replays the folder and scores answers by class name."""
+    from plugins.ingest import ingest
+    from tests.integration.plugins.test_image_folder import tierflow, write_folder
+
+    settings = pipeline_settings.model_copy(update={"ingest": pipeline_settings.ingest.model_copy(
+        update={"shard_records": 100, "idle_timeout_s": 4.0})})
+    folder = write_folder(tmp_path / "images", per_class=80)
+    tierflow(settings, "publish-training", "--dataset", str(folder), "--image-size", "16x16")
+    manifest_uri = ingest(settings).manifest_uri
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLES))
+    run = run_dag(airflow_db, settings, "tierflow_pipeline", {
+        **TINY, "dataset": manifest_uri, "architecture": "my_exits:build", "epochs": 8, "max_train_samples": 0,
+        "canary_requests": 36, "min_accuracy": 0.7})
+    assert run["state"] == "success", run["log"][-6000:]
+    assert "gate passed" in run["log"]
+
+    out = tmp_path / "sim"
+    tierflow(settings, "simulate", "--dataset", str(folder), "--image-size", "16x16", "--concurrency", "8",
+             "--out", str(out), "--no-feedback")
+    import json
+
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["answered"] == summary["sent"] == 240
+    assert summary["accuracy"] >= 0.7, summary
