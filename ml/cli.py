@@ -76,6 +76,9 @@ def train(
     val_fraction: float = 0.1,
     n_train: Annotated[int | None, typer.Option(help="use a random subset of this many samples")] = None,
     image_size: ImageSizeOpt = None,
+    distill_weight: Annotated[float, typer.Option(help="self-distillation of the early exits from the final exit "
+                                                       "(0 = off)")] = 0.0,
+    distill_temperature: float = 3.0,
 ) -> None:
     """Train all exits jointly; writes model.keras, train.json, training.png, confusion.png."""
     from dataclasses import asdict
@@ -89,7 +92,9 @@ def train(
         size = parse_image_size(image_size)
         cfg = PipelineConfig(architecture=architecture, width=width, val_fraction=val_fraction,
                              train=TrainConfig(epochs=epochs, batch_size=batch_size, exit_weights=_floats(exit_weights),
-                                               seed=seed, patience=patience, max_seconds=max_seconds))
+                                               seed=seed, patience=patience, max_seconds=max_seconds,
+                                               distill_weight=distill_weight,
+                                               distill_temperature=distill_temperature))
         full, test = load_dataset(dataset, image_size=size)
         full = full.subset(n_train, seed=seed)
         tr, val, te = split_data(full, test, cfg)
