@@ -68,7 +68,8 @@ def train(
     architecture: ArchitectureOpt = "compact",
     width: float = 1.0,
     epochs: int = 8,
-    batch_size: int = 128,
+    batch_size: Annotated[int, typer.Option(help="0 = auto: up to 128, smaller on small datasets so that an "
+                                                 "epoch has at least 100 steps")] = 0,
     exit_weights: Annotated[str | None, typer.Option(help="per-exit loss weights, e.g. '1,1,1'")] = None,
     seed: int = 0,
     patience: int = 2,

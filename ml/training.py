@@ -18,7 +18,7 @@ import numpy as np
 @dataclass
 class TrainConfig:
     epochs: int = 8
-    batch_size: int = 128
+    batch_size: int = 0  # 0 = auto_batch_size(number of training samples); else this size
     learning_rate: float = 1e-3
     exit_weights: Sequence[float] | None = None  # per exit; default 1.0 each
     seed: int = 0
@@ -42,6 +42,19 @@ class TrainResult:
     exit_weights: list[float]
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+MIN_STEPS_PER_EPOCH = 100
+
+
+def auto_batch_size(n: int, largest: int = 128, smallest: int = 16) -> int:
+    """The largest power-of-two batch (<= ``largest``) that still gives MIN_STEPS_PER_EPOCH steps per epoch,
+    at least ``smallest``. Why: a few epochs over a small dataset at a large batch are too few steps for a
+    deep exit to learn (6,000 images at 128 are 36 steps an epoch); on Fashion-MNIST it stays 128."""
+    size = largest
+    while size > smallest and -(-n // size) < MIN_STEPS_PER_EPOCH:
+        size //= 2
+    return max(size, smallest)
 
 
 def set_seed(seed: int) -> None:
@@ -252,7 +265,8 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         raise ValueError("training and validation sets must not be empty")
     set_seed(cfg.seed)
     n = len(model.outputs)
-    steps = int(np.ceil(len(x) / cfg.batch_size))
+    batch_size = cfg.batch_size or auto_batch_size(len(x))
+    steps = int(np.ceil(len(x) / batch_size))
     trainer, losses, metrics = model, None, None
     if cfg.distill_weight > 0 and n > 1:
         trainer, losses, metrics = distillation_trainer(model, cfg.distill_weight, cfg.distill_temperature)
@@ -263,7 +277,7 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         x_bn = x[np.sort(pick)]
     progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
     # validation first: the progress line, the budget check and early stopping read its val_* logs
-    callbacks = [_validation_callback(x_val, y_val, n, cfg.batch_size, x_bn), progress]
+    callbacks = [_validation_callback(x_val, y_val, n, batch_size, x_bn), progress]
     if cfg.cosine_decay:
         callbacks.append(_cosine_callback(cfg.learning_rate, steps * cfg.epochs, cfg.max_seconds))
     early = None
@@ -272,13 +286,13 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         callbacks.append(early)
     t0 = time.monotonic()
     hist = trainer.fit(x, [y] * n, epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+                       batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     seconds = time.monotonic() - t0
     # the distillation trainer's outputs are named <exit>_distill: report them under the exits' names
     history = {k.replace("_distill_", "_"): [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(next(iter(history.values()))) if history else 0
     stopped = bool(early is not None and early.stopped_epoch > 0) or progress.over_budget
-    extra: dict[str, Any] = {"bn_samples": 0 if x_bn is None else len(x_bn)}
+    extra: dict[str, Any] = {"bn_samples": 0 if x_bn is None else len(x_bn), "batch_size": batch_size}
     if trainer is not model:
         extra.update(distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature)
     if early is not None and early.best_weights is not None:

@@ -103,3 +103,11 @@ def test_self_distillation_trains_the_model_itself_and_reports_under_the_exit_na
     with pytest.raises(ValueError, match="distill_temperature > 0"):
         train_multi_exit(model, x[:200], y[:200], x[200:], y[200:],
                          TrainConfig(epochs=1, progress=False, distill_weight=1.0, distill_temperature=0))
+
+
+def test_auto_batch_size_keeps_a_hundred_steps_an_epoch_on_small_datasets():
+    from ml.training import auto_batch_size
+
+    assert auto_batch_size(54000) == 128  # Fashion-MNIST: unchanged
+    assert auto_batch_size(4590) == 32  # the 6,000-image set's training split: 144 steps, not 36
+    assert auto_batch_size(900) == 16 and auto_batch_size(12800) == 128 and auto_batch_size(12672) == 64
