@@ -80,7 +80,8 @@ def tierflow_pipeline():
         from plugins.pipeline.deploy import deploy as run_deploy
         from runtime.settings import get_settings
 
-        outcome = run_deploy(get_settings(), cfg, registered, trained["test_accuracy"])
+        outcome = run_deploy(get_settings(), cfg, registered, trained["test_accuracy"],
+                             canary_file=trained.get("canary_file"))
         if outcome.rolled_back:
             raise AirflowFailException(f"v{outcome.version} rolled back, champion unchanged: "
                                        + "; ".join(outcome.problems))

@@ -15,7 +15,11 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
-DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, or an image folder")]
+DatasetOpt = Annotated[str, typer.Option(help="'fashion-mnist', a shard manifest .json, a .npz (x, y[, class_names]) "
+                                              "or an image folder (one sub-folder per class)")]
+ImageSizeOpt = Annotated[str | None, typer.Option(help="resize an image folder's images to HxW, e.g. 64x64")]
+ArchitectureOpt = Annotated[str, typer.Option(help="compact | b_alexnet | vgg, your factory 'package.module:function', "
+                                                   "a .keras file or an MLflow model URI (models:/name/1)")]
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -52,7 +56,7 @@ def _splits(meta, cfg):
     from ml.pipeline import split_data
     from ml.sources import load_dataset
 
-    train, test = load_dataset(meta["dataset"])
+    train, test = load_dataset(meta["dataset"], image_size=meta.get("image_size"))
     train = train.subset(meta.get("n_train"), seed=cfg.train.seed)
     return split_data(train, test, cfg)
 
@@ -61,30 +65,38 @@ def _splits(meta, cfg):
 def train(
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/latest"),
     dataset: DatasetOpt = "fashion-mnist",
-    architecture: Annotated[str, typer.Option(help="compact | b_alexnet | vgg")] = "compact",
+    architecture: ArchitectureOpt = "compact",
     width: float = 1.0,
     epochs: int = 8,
-    batch_size: int = 128,
+    batch_size: Annotated[int, typer.Option(help="0 = auto: up to 128, smaller on small datasets so that an "
+                                                 "epoch has at least 100 steps")] = 0,
     exit_weights: Annotated[str | None, typer.Option(help="per-exit loss weights, e.g. '1,1,1'")] = None,
     seed: int = 0,
     patience: int = 2,
     max_seconds: Annotated[float | None, typer.Option(help="stop after the epoch that crosses this budget")] = None,
     val_fraction: float = 0.1,
     n_train: Annotated[int | None, typer.Option(help="use a random subset of this many samples")] = None,
+    image_size: ImageSizeOpt = None,
+    distill_weight: Annotated[float, typer.Option(help="self-distillation of the early exits from the final exit "
+                                                       "(0 = off)")] = 0.0,
+    distill_temperature: float = 3.0,
 ) -> None:
     """Train all exits jointly; writes model.keras, train.json, training.png, confusion.png."""
     from dataclasses import asdict
 
     from ml import plots
     from ml.pipeline import PipelineConfig, _jsonable, fit, split_data
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
     from ml.training import TrainConfig, exit_metrics, predict_exits
 
     try:
+        size = parse_image_size(image_size)
         cfg = PipelineConfig(architecture=architecture, width=width, val_fraction=val_fraction,
                              train=TrainConfig(epochs=epochs, batch_size=batch_size, exit_weights=_floats(exit_weights),
-                                               seed=seed, patience=patience, max_seconds=max_seconds))
-        full, test = load_dataset(dataset)
+                                               seed=seed, patience=patience, max_seconds=max_seconds,
+                                               distill_weight=distill_weight,
+                                               distill_temperature=distill_temperature))
+        full, test = load_dataset(dataset, image_size=size)
         full = full.subset(n_train, seed=seed)
         tr, val, te = split_data(full, test, cfg)
         model, result = fit(tr, val, cfg)
@@ -93,7 +105,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     val_m = exit_metrics(predict_exits(model, val.x.astype("float32")), val.y)
-    report = {"dataset": dataset, "n_train": n_train, "config": _jsonable(asdict(cfg)), "history": result.history,
+    report = {"dataset": dataset, "image_size": size, "n_train": n_train, "config": _jsonable(asdict(cfg)), "history": result.history,
               "epochs_run": result.epochs_run, "seconds": result.seconds, "val_exits": val_m,
               "class_names": tr.class_names, "n": {"train": len(tr), "val": len(val), "test": len(te)}}
     if n_train is not None:
@@ -186,14 +198,15 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="where to write evaluation.json/cascade.png (default: bundle's parent)")] = None,
     test_fraction: float = 0.15,
     seed: int = 0,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """Offline cascade evaluation on the held-out test split (accuracy, tiers, FLOPs, bytes, cloud-only)."""
     from ml import plots
     from ml.pipeline import evaluate_bundle
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
 
     try:
-        train, test = load_dataset(dataset)
+        train, test = load_dataset(dataset, image_size=parse_image_size(image_size))
         if test is None:
             _, test = train.split(test_fraction, seed=seed + 1)
         ev = evaluate_bundle(bundle, test)
@@ -211,21 +224,22 @@ def evaluate(
 def run_all(
     out: Path = Path("runs/latest"),
     dataset: DatasetOpt = "fashion-mnist",
-    architecture: str = "compact",
+    architecture: ArchitectureOpt = "compact",
     epochs: int = 8,
     tier_map: str | None = None,
     tolerance: float = 1.0,
     objective: str = "early",
     max_seconds: float | None = None,
     seed: int = 0,
+    image_size: ImageSizeOpt = None,
 ) -> None:
     """train → calibrate → partition → evaluate in one go (the function the Airflow task calls)."""
     from ml.pipeline import PipelineConfig, run_pipeline
-    from ml.sources import load_dataset
+    from ml.sources import load_dataset, parse_image_size
     from ml.training import TrainConfig
 
     try:
-        train_ds, test = load_dataset(dataset)
+        train_ds, test = load_dataset(dataset, image_size=parse_image_size(image_size))
         cfg = PipelineConfig(architecture=architecture, tier_map=tier_map, tolerance=tolerance, objective=objective,
                              train=TrainConfig(epochs=epochs, seed=seed, max_seconds=max_seconds))
         result = run_pipeline(train_ds, out, cfg, test=test, metadata={"dataset": dataset})

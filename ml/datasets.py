@@ -170,3 +170,33 @@ def load_image_folder(root: str | Path, image_size: tuple[int, int] | None = Non
         examples = ", ".join(f"{s} ({p.name})" for s, p in list(shapes.items())[:3])
         raise ValueError(f"mixed shapes in {root}: {examples}; pass image_size=(H, W) to resize")
     return Dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), classes)
+
+
+def load_npz(path: str | Path) -> tuple[Dataset, Dataset | None]:
+    """(train, test or None) from a NumPy ``.npz``: arrays ``x`` and ``y`` (or ``x_train``/``y_train`` and
+    optionally ``x_test``/``y_test``), samples (n, H, W[, C]) of raw values, integer labels, and optionally
+    ``class_names`` (else ``class_0`` ... ``class_{K-1}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        pairs = [("x", "y"), ("x_train", "y_train")]
+        found = next(((a, b) for a, b in pairs if {a, b} <= keys), None)
+        if found is None:
+            raise ValueError(f"{path} needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); it has {sorted(keys)}")
+
+        def arrays(xk: str, yk: str) -> tuple[np.ndarray, np.ndarray]:
+            x, y = z[xk], z[yk]
+            if x.ndim == 3:
+                x = x[..., None]
+            if x.ndim != 4 or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"{path}: {xk} must be (n, H, W[, C]) samples and {yk} integer labels, got "
+                                 f"{xk} {x.shape} and {yk} {y.dtype}")
+            return x, y.astype(np.int64)
+
+        x, y = arrays(*found)
+        test = arrays("x_test", "y_test") if {"x_test", "y_test"} <= keys else None
+        k = int(max(y.max(), test[1].max() if test else 0)) + 1
+        names = [str(n) for n in z["class_names"]] if "class_names" in keys else [f"class_{i}" for i in range(k)]
+    return Dataset(x, y, names), (Dataset(*test, names) if test else None)

@@ -21,7 +21,7 @@ from ml.training import TrainConfig
 
 @dataclass
 class PipelineConfig:
-    architecture: str = "compact"
+    architecture: str = "compact"  # a built-in name, 'package.module:factory' or a model URI (ml.user_models)
     width: float = 1.0
     tier_map: Mapping[str, Sequence[int | str]] | str | None = None
     measure: str = "max_softmax"
@@ -67,12 +67,12 @@ def split_data(train: Dataset, test: Dataset | None, cfg: PipelineConfig) -> tup
 
 
 def fit(train: Dataset, val: Dataset, cfg: PipelineConfig):
-    from ml.architectures import build
     from ml.training import set_seed, train_multi_exit
+    from ml.user_models import load_architecture
 
     set_seed(cfg.train.seed)  # before building: the initial weights come from the seed too
-    model = build(cfg.architecture, input_shape=train.x.shape[1:], num_classes=len(train.class_names),
-                  width=cfg.width)
+    model = load_architecture(cfg.architecture, input_shape=train.x.shape[1:], num_classes=len(train.class_names),
+                              width=cfg.width)
     tmap = normalize_tier_map(cfg.tier_map, len(model.outputs))  # fail before training, not after
     if cfg.tier_costs is not None and len(cfg.tier_costs) != len(tmap):
         raise ValueError(f"tier_costs needs one cost per tier ({list(tmap)}), got {list(cfg.tier_costs)}")
@@ -182,6 +182,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     from ml.bundle import save_bundle
     from ml.evaluation import sanity_check
     from ml.training import exit_metrics, predict_exits
+    from ml.user_models import architecture_source
 
     cfg = cfg or PipelineConfig()
     if not 0.0 <= cfg.min_accuracy <= 1.0:
@@ -195,7 +196,8 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
     curves = exit_curves(val_probs, val.y, cfg.tier_map, cal.thresholds, cal.exit_costs, measure=cfg.measure,
                          floor_points=cfg.adaptive_floor, margin_se=cfg.margin_se)
     bundle_dir = out / "bundle"
-    meta = {"dataset": dict(metadata or {}), "calibration": cal.to_dict(), "train": {
+    source = {**architecture_source(cfg.architecture), **dict(metadata or {}).get("architecture_source", {})}
+    meta = {"dataset": dict(metadata or {}), "calibration": cal.to_dict(), "model_source": source, "train": {
         "epochs_run": tr.epochs_run, "seconds": tr.seconds, "exit_weights": tr.exit_weights,
         "seed": cfg.train.seed, "n_train": len(train), "n_val": len(val), **tr.extra}}
     manifest = save_bundle(bundle_dir, model, cfg.tier_map, cal.thresholds, train.class_names,
@@ -209,6 +211,7 @@ def run_pipeline(train: Dataset, out_dir: str | Path, cfg: PipelineConfig | None
         evaluation["tflite"] = tflite_accuracy(bundle_dir, test.take(np.arange(min(500, len(test)))))
     report = {
         "config": _jsonable(asdict(cfg)),
+        "model_source": source,
         "n": {"train": len(train), "val": len(val), "test": len(test)},
         "train_seconds": tr.seconds,
         "epochs_run": tr.epochs_run,

@@ -121,6 +121,11 @@ class Layout:
     def manifest(self, version: str) -> str:
         return f"{self.versions}{version}/manifest.json"
 
+    @property
+    def classes(self) -> str:
+        """Class names learnt from the labels before the first version exists (append-only)."""
+        return f"{self.root}/classes.json"
+
 
 def new_version() -> str:
     """UTC timestamp with milliseconds: sortable, readable, unique for one ingest at a time."""
@@ -187,7 +192,15 @@ class _Run:
         self.store = DatasetStoreHook(settings=settings).store()
         self.layout = Layout(self.cfg.prefix, settings.app)
         self.prev_key, self.prev = latest_manifest(self.store, self.layout)
-        self.class_names = list(class_names or (self.prev.class_names if self.prev else _default_classes()))
+        # A first version without given class names learns them from the labels: names in the order they
+        # first arrive, or Fashion-MNIST's when the first label is a class id.
+        # They are saved (Layout.classes) before any shard that uses a new one is uploaded, and a re-run
+        # starts from them, so a class id never changes meaning across crashes.
+        self.open_classes = not class_names and self.prev is None
+        self.class_names = list(class_names or (self.prev.class_names if self.prev else []))
+        if self.open_classes and self.store.head(self.layout.classes) is not None:
+            self.class_names = json.loads(self.store.get_bytes(self.layout.classes))
+        self.saved_classes = len(self.class_names)
         if self.prev and class_names and list(class_names) != self.prev.class_names:
             raise ValueError(f"class_names {class_names} differ from the dataset's {self.prev.class_names}; "
                              "use another app name for a different label set")
@@ -223,8 +236,22 @@ class _Run:
             raise codec.CodecError(f"missing {codec.LABEL} header (training samples need a label)")
         y = self.label_ids.get(label)
         if y is None:
-            y = self.label_ids[label] = int(encode_labels([label.decode("utf-8")], self.class_names)[0])
+            text = label.decode("utf-8", "replace")
+            if self.open_classes:
+                self._learn_class(text)
+            y = self.label_ids[label] = int(encode_labels([text], self.class_names)[0])
         return y
+
+    def _learn_class(self, name: str) -> None:
+        if name.strip().lstrip("-").isdigit():
+            if not self.class_names:  # class ids from the first label on: the default label set
+                self.open_classes = False
+                self.class_names = _default_classes()
+                self.class_counts = np.zeros(len(self.class_names), dtype=np.int64)
+        elif name not in self.class_names:
+            self.class_names.append(name)
+            self.class_counts = np.append(self.class_counts, 0)
+            log.info("class %d: %r (first seen)", len(self.class_names) - 1, name)
 
     def decode(self, msg: Any) -> tuple[bytes, int]:
         """(raw sample bytes in the dataset's shape/dtype, class id) of a training record, or
@@ -325,6 +352,10 @@ class _Run:
 
         from ml.shards import shard_key
 
+        if self.open_classes and len(self.class_names) > self.saved_classes:
+            self.store.put_bytes(self.layout.classes, json.dumps(self.class_names).encode(),
+                                 content_type="application/json")
+            self.saved_classes = len(self.class_names)
         for partition in sorted(set(partitions)):
             block = self.blocks.pop(partition, None)
             if block is None:
@@ -510,7 +541,8 @@ def ingest(settings: Any = None, *, class_names: list[str] | None = None, sample
            on_event: Callable[[IngestEvent], None] | None = None) -> IngestResult:
     """Drain APP.training into a new dataset version in S3; see the module docstring.
 
-    class_names defaults to the previous version's (else Fashion-MNIST's); sample shape/dtype to the
+    class_names defaults to the previous version's, else is learnt from the labels (class names in the order
+    they first arrive, or Fashion-MNIST's when labels are class ids); sample shape/dtype to the
     previous version's, else the first good record's. `max_records`/`idle_timeout_s` default to
     Settings.ingest. `on_event` sees every upload/commit (progress displays; tests use it to crash a
     run between an upload and its commit).

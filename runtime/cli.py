@@ -73,18 +73,36 @@ def worker(
         raise typer.Exit(3) from exc
 
 
-def _fashion_mnist(split: str, n: int, offset: int):
-    from ml.datasets import load_fashion_mnist
+def _samples(dataset: str, split: str, n: int | None, offset: int, image_size: str | None):
+    """(x, y, class names) of ``n`` samples from ``offset`` of a dataset (ml.sources): Fashion-MNIST's
+    train/test split, a .npz (its x_test/y_test for split 'test' when it has them), an image folder."""
+    from ml.sources import load_dataset, parse_image_size
 
-    ds = load_fashion_mnist(split)
-    if offset + n > len(ds.y):
-        raise typer.BadParameter(f"offset {offset} + n {n} exceeds the {len(ds.y)} samples of the {split} split")
-    return ds.x[offset:offset + n], ds.y[offset:offset + n]
+    if split not in ("train", "test"):
+        raise typer.BadParameter(f"--split must be 'train' or 'test', got {split!r}")
+    try:
+        train, test = load_dataset(dataset, image_size=parse_image_size(image_size))
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    ds = test if split == "test" and test is not None else train
+    n = len(ds) - offset if n is None else n
+    if n < 1 or offset + n > len(ds):
+        raise typer.BadParameter(f"offset {offset} + n {n} exceeds the {len(ds)} samples of {dataset} ({split})")
+    return ds.x[offset:offset + n], ds.y[offset:offset + n], ds.class_names
+
+
+DATASET = typer.Option("fashion-mnist", help="fashion-mnist, a .npz (x, y[, class_names]) or an image folder "
+                                              "(one sub-folder per class, PNG/JPEG).")
+IMAGE_SIZE = typer.Option(None, help="Resize an image folder's images to HxW, e.g. 64x64 (the model's input).")
 
 
 @app.command()
 def simulate(
-    n: int = typer.Option(1000, min=1, help="Requests to send (Fashion-MNIST test images)."),
+    n: int = typer.Option(None, min=1, help="Requests to send (default 1000 Fashion-MNIST test images, or the "
+                                               "whole dataset given)."),
+    dataset: str = DATASET,
+    split: str = typer.Option("test", help="Split of fashion-mnist or of a .npz with x_test: train or test."),
+    image_size: str = IMAGE_SIZE,
     rate: float = typer.Option(None, help="Open loop: requests per second."),
     concurrency: int = typer.Option(None, help="Closed loop: requests in flight."),
     deadline_ms: int = typer.Option(None, help="Request deadline (default TIERFLOW_WORKER__DEFAULT_DEADLINE_MS)."),
@@ -108,20 +126,23 @@ def simulate(
     if content_type not in CONTENT_TYPES:
         raise typer.BadParameter(f"--content-type must be one of {list(CONTENT_TYPES)}")
     settings = get_settings()
-    x, y = _fashion_mnist("test", n, offset)
+    if n is None and dataset == "fashion-mnist":
+        n = 1000
+    x, y, class_names = _samples(dataset, split, n, offset, image_size)
     run_id = uuid.uuid4().hex[:8]
     report = run_simulation(settings, x, y, rate=rate, concurrency=concurrency, deadline_ms=deadline_ms,
-                            content_type=CONTENT_TYPES[content_type], entry_tier=entry_tier, run_id=run_id)
+                            content_type=CONTENT_TYPES[content_type], entry_tier=entry_tier, run_id=run_id,
+                            class_names=class_names)
     out_dir = Path(out) if out else settings.home / "sim" / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = report.summary()
     (out_dir / "report.json").write_text(json.dumps({"summary": summary, "rows": report.rows}, indent=1))
     plots = save_plots(report, out_dir, title=f"({run_id})")
     if feedback:
-        publish_feedback(settings, {r["request_id"]: r["truth"] for r in report.rows if "label" in r})
+        publish_feedback(settings, report.feedback())
     if mlflow:
         run = log_to_mlflow(report, plots, settings.mlflow.tracking_uri, f"{settings.app}-simulations",
-                            {"n": n, "rate": rate, "concurrency": concurrency, "content_type": content_type,
+                            {"n": len(x), "dataset": dataset, "rate": rate, "concurrency": concurrency, "content_type": content_type,
                              "entry_tier": entry_tier})
         typer.echo(f"logged to MLflow run {run} at {settings.mlflow.tracking_uri}")
     typer.echo(json.dumps(summary, indent=1))
@@ -132,18 +153,26 @@ def simulate(
 
 @app.command("publish-training")
 def publish_training_cmd(
-    n: int = typer.Option(1000, min=1, help="Labeled samples to publish."),
-    split: str = typer.Option("train", help="Fashion-MNIST split: train or test."),
+    n: int = typer.Option(None, min=1, help="Labeled samples to publish (default 1000 of Fashion-MNIST, or the "
+                                               "whole dataset given)."),
+    dataset: str = DATASET,
+    split: str = typer.Option("train", help="Split of fashion-mnist or of a .npz with x_test: train or test."),
+    image_size: str = IMAGE_SIZE,
     offset: int = typer.Option(0, min=0, help="First sample."),
 ) -> None:
-    """Publish labeled samples to APP.training (tensor value, tf-label header) for ingestion."""
+    """Publish labeled samples to APP.training (tensor value, tf-label header) for ingestion. Samples of a
+    dataset with its own class names carry the class name as label; ingest records the names."""
     from runtime.client import publish_training
     from runtime.settings import get_settings
 
     settings = get_settings()
-    x, y = _fashion_mnist(split, n, offset)
-    count = publish_training(settings, x, y, key_prefix=f"{split}-{offset}")
-    typer.echo(f"published {count} samples to {settings.topic('training')} on {settings.kafka.bootstrap}")
+    if n is None and dataset == "fashion-mnist":
+        n = 1000
+    x, y, class_names = _samples(dataset, split, n, offset, image_size)
+    named = None if dataset == "fashion-mnist" else class_names
+    count = publish_training(settings, x, y, key_prefix=f"{split}-{offset}", class_names=named)
+    typer.echo(f"published {count} samples of {len(class_names)} classes to {settings.topic('training')} "
+               f"on {settings.kafka.bootstrap}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,21 @@ class SimReport:
     def missing(self) -> int:
         return self.sent - self.answered
 
+    def feedback(self) -> dict[str, int]:
+        """Ground truth of each answered request as the served model's class id. With class names the truth
+        is matched by name (a user's dataset may number its classes otherwise than the model does: ingest
+        numbers them as they arrive); a class no answer ever named is left out."""
+        ids = {r["class_name"]: r["label"] for r in self.rows if r.get("class_name") is not None}
+        out: dict[str, int] = {}
+        for r in self.rows:
+            if "label" not in r or r["truth"] is None:
+                continue
+            name = r.get("truth_name")
+            label = r["truth"] if name is None else ids.get(name)
+            if label is not None:
+                out[r["request_id"]] = int(label)
+        return out
+
     @property
     def accuracy(self) -> float:
         return self.correct / self.answered if self.answered else float("nan")
@@ -212,8 +228,11 @@ class SimReport:
 def simulate(settings: Settings, x: np.ndarray, y: np.ndarray | None, *, rate: float | None = None,
              concurrency: int | None = None, deadline_ms: int | None = None, content_type: str = codec.TENSOR,
              timeout_s: float = 120.0, entry_tier: str = "edge", progress: bool = True,
-             run_id: str | None = None, quiet_s: float | None = None) -> SimReport:
+             run_id: str | None = None, quiet_s: float | None = None,
+             class_names: Sequence[str] | None = None) -> SimReport:
     """Stream ``x`` as requests: open loop at ``rate`` req/s, or closed loop with ``concurrency`` in flight.
+    With ``class_names`` (the dataset's, indexed by ``y``) an answer is right when its class name is the
+    truth's, so a model that numbers the classes otherwise is still scored right.
 
     Afterwards APP.results is read until it has been quiet for ``quiet_s`` (default: twice the deadline plus
     the degrade graces) and every answer to the run's ids is counted there."""
@@ -251,14 +270,20 @@ def simulate(settings: Settings, x: np.ndarray, y: np.ndarray | None, *, rate: f
         for i, rid in enumerate(ids):
             ans = client.answers.get(rid)
             row: dict[str, Any] = {"request_id": rid, "index": i, "truth": None if y is None else int(y[i])}
+            if class_names is not None and y is not None:
+                row["truth_name"] = str(class_names[int(y[i])])
             if ans is not None:
                 r = ans.result
-                row.update(label=r["label"], tier=r["tier"], exit=r["exit"], degraded=r["degraded"],
-                           confidence=r["confidence"], latency_ms=ans.received_ms - client.sent_ms[rid])
+                row.update(label=r["label"], class_name=r.get("class_name"), tier=r["tier"], exit=r["exit"],
+                           degraded=r["degraded"], confidence=r["confidence"],
+                           latency_ms=ans.received_ms - client.sent_ms[rid])
                 per_tier[r["tier"]] += 1
                 latencies.append(row["latency_ms"])
                 degraded += bool(r["degraded"])
-                correct += y is not None and int(r["label"]) == int(y[i])
+                if "truth_name" in row:
+                    correct += r.get("class_name") == row["truth_name"]
+                else:
+                    correct += y is not None and int(r["label"]) == int(y[i])
             rows.append(row)
     deadline = client.deadline_ms
     quiet = quiet_s if quiet_s is not None else 2 * (deadline + 3 * settings.worker.degrade_grace_ms) / 1000
@@ -317,8 +342,9 @@ def log_to_mlflow(report: SimReport, plots: list[Path], tracking_uri: str, exper
 # ---- training samples and ground truth --------------------------------------------------------------
 
 def publish_training(settings: Settings, x: np.ndarray, y: np.ndarray, *, key_prefix: str | None = None,
-                     progress: bool = True) -> int:
-    """Labeled samples to APP.training: value = tensor record, header tf-label (for ingestion)."""
+                     progress: bool = True, class_names: Sequence[str] | None = None) -> int:
+    """Labeled samples to APP.training: value = tensor record, header tf-label (for ingestion): the class
+    id, or with ``class_names`` the class name (ingest then records the names in the dataset manifest)."""
     from confluent_kafka import Producer
     from tqdm import tqdm
 
@@ -328,7 +354,8 @@ def publish_training(settings: Settings, x: np.ndarray, y: np.ndarray, *, key_pr
     prefix = key_prefix or uuid.uuid4().hex[:8]
     for i in tqdm(range(len(x)), desc="training samples", unit="rec", disable=not progress):
         headers = codec.make_headers(f"{prefix}-{i}", model=settings.app, origin_ts=codec.now_ms(),
-                                     content_type=codec.TENSOR, tf_label=int(y[i]))
+                                     content_type=codec.TENSOR,
+                                     tf_label=int(y[i]) if class_names is None else str(class_names[int(y[i])]))
         while True:
             try:
                 producer.produce(topic, key=f"{prefix}-{i}", value=codec.encode_tensor(x[i]), headers=headers)

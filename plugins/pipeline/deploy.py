@@ -44,10 +44,13 @@ def make_backend(kind: str, settings: Any) -> RolloutBackend:
 
 
 # -- canary ------------------------------------------------------------------------------------------
-def canary_samples(n: int) -> tuple[np.ndarray, np.ndarray]:
-    from ml.datasets import load_fashion_mnist  # NumPy only
+def canary_samples(n: int, path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` labelled requests: from the training run's held-out samples (``path``, a .npz the ML step wrote)
+    when given, else from the Fashion-MNIST test split."""
+    from ml.datasets import load_fashion_mnist, load_npz  # NumPy only
 
-    test = load_fashion_mnist("test").subset(n, seed=CANARY_SEED)
+    test = load_npz(path)[0] if path else load_fashion_mnist("test")
+    test = test.subset(n, seed=CANARY_SEED)
     return test.x, test.y
 
 
@@ -93,9 +96,10 @@ def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *,
 
 def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offline_accuracy: float, *,
            backend: RolloutBackend | None = None, log: Callable[[str], None] = print,
-           promote: Callable[[str], None] | None = None) -> RolloutOutcome:
+           promote: Callable[[str], None] | None = None, canary_file: str | None = None) -> RolloutOutcome:
     """Roll out a registered release (ml.registry.RegisteredRelease.as_dict()) and promote it to `champion`
-    if the canary passes; otherwise the rollout procedure rolls it back and the champion stays."""
+    if the canary passes; otherwise the rollout procedure rolls it back and the champion stays. The canary
+    sends ``canary_file``'s samples (the run's own held-out data), else Fashion-MNIST test images."""
     from plugins.hooks.connected import connected_settings
     from plugins.hooks.mlflow import MlflowRegistryHook
 
@@ -112,7 +116,7 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
                           min_new_version_answers=min(10, max(1, cfg["canary_requests"] // 10)))
     canary = None
     if cfg["canary_requests"] > 0:
-        x, y = canary_samples(cfg["canary_requests"])
+        x, y = canary_samples(cfg["canary_requests"], canary_file)
         canary = lambda rel: run_canary(settings, rel, x, y)  # noqa: E731
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(

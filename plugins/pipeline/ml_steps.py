@@ -14,6 +14,8 @@ from typing import Any
 BUILTIN_DATASET = "fashion-mnist"
 TEST_SAMPLES = 2000  # fixed, seeded subset of the Fashion-MNIST test split: same split for every gate
 VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15  # of a user's own dataset (Fashion-MNIST data uses the fixed test subset)
+CANARY_SAMPLES = 1000
 
 
 def load_training_data(dataset_uri: str, settings: Any):
@@ -47,6 +49,47 @@ def load_training_data(dataset_uri: str, settings: Any):
     return read_dataset(path), f"{manifest.name}@{manifest.version}"
 
 
+def fetch_model_file(spec: str, target: Path, settings: Any) -> str:
+    """An ``s3://`` .keras architecture fetched with the pipeline's S3 settings to a local file; any other
+    spec unchanged (ml.user_models loads it)."""
+    if not spec.startswith("s3://"):
+        return spec
+    from botocore.exceptions import ClientError
+
+    from plugins.hooks.s3 import DatasetStore, split_uri
+
+    bucket, key = split_uri(spec)
+    store = DatasetStore.from_settings(settings)
+    store.bucket = bucket
+    try:
+        data = store.get_bytes(key)
+    except ClientError as err:
+        raise ValueError(f"architecture={spec!r}: cannot read it from S3 ({err}); check the bucket and key") from err
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return str(target)
+
+
+def train_test_split(data: Any) -> tuple[Any, Any]:
+    """(train, test): Fashion-MNIST data is tested on the fixed Fashion-MNIST test subset (every gate compares
+    on it); a user's own dataset (other classes or sample shape) on a seeded TEST_FRACTION split off it."""
+    from ml.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    if list(data.class_names) == FASHION_MNIST_CLASSES and tuple(data.x.shape[1:]) == (28, 28, 1):
+        return data, load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)
+    return data.split(TEST_FRACTION, seed=1)
+
+
+def save_canary_samples(test: Any, path: Path, n: int = CANARY_SAMPLES) -> str:
+    """Labelled test samples of the run's own data for the deploy step's canary requests."""
+    import numpy as np
+
+    sub = test.subset(n, seed=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=sub.x, y=sub.y, class_names=np.asarray(sub.class_names))
+    return str(path)
+
+
 def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, settings: Any, out_dir: str) -> dict[str, Any]:
     """Train, calibrate, partition and evaluate (ml.pipeline) on the dataset version; log params, metrics and
     plots to one MLflow run. Returns what gate/register/deploy need (JSON-able). ``settings`` carries the
@@ -54,33 +97,39 @@ def train_calibrate_partition(cfg: dict[str, Any], dataset_uri: str, settings: A
 
     import mlflow
 
-    from ml.datasets import load_fashion_mnist
     from ml.pipeline import train_calibrate_partition as run_ml_pipeline
     from ml.registry import log_training
+    from ml.user_models import architecture_source
     from plugins.pipeline.params import ml_options
 
     t0 = time.monotonic()
     data, dataset_version = load_training_data(cfg.get("dataset") or dataset_uri, settings)
     if cfg.get("max_train_samples"):
         data = data.subset(int(cfg["max_train_samples"]), seed=0)
-    test = load_fashion_mnist("test").subset(TEST_SAMPLES, seed=0)  # the same split for every gate
+    data, test = train_test_split(data)
+    run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
+    canary_file = save_canary_samples(test, run_dir / "canary.npz")
+    source = architecture_source(cfg["architecture"])
     options: dict[str, Any] = {
         **ml_options(cfg), "model_name": settings.app, "tflite": False,
-        "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri},
+        "architecture": fetch_model_file(cfg["architecture"], run_dir / "architecture.keras", settings),
+        "metadata": {"dataset_version": dataset_version, "dataset_uri": dataset_uri, "architecture_source": source},
     }
-    run_dir = Path(out_dir) / time.strftime("%Y%m%dT%H%M%S")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     mlflow.set_experiment(settings.app)
-    with mlflow.start_run(run_name=f"{cfg['architecture']}-{run_dir.name}") as run:
+    run_name = cfg["architecture"] if source["architecture_kind"] == "builtin" else source["architecture_kind"]
+    with mlflow.start_run(run_name=f"{run_name}-{run_dir.name}") as run:
+        mlflow.set_tags({f"tierflow.{k}": v for k, v in source.items()})
         result = run_ml_pipeline(data.x, data.y, data.class_names, run_dir, test.x, test.y, **options)
         rep = result.report
         log_training({**cfg, "dataset_version": dataset_version, "train_samples": rep["n"]["train"],
-                      "test_samples": rep["n"]["test"]}, result.metrics, rep.get("test_exits", []),
-                     rep.get("history"), result.plots)
+                      "test_samples": rep["n"]["test"], "class_names": list(data.class_names)},
+                     result.metrics, rep.get("test_exits", []), rep.get("history"), result.plots)
         mlflow.log_artifact(str(result.report_path))
         run_id = run.info.run_id
     test_eval = rep["test"]
     return {"run_id": run_id, "bundle_dir": str(result.bundle_dir), "dataset_version": dataset_version,
+            "canary_file": canary_file,
             "test_accuracy": float(test_eval["accuracy"]), "tier_fractions": test_eval["tier_fractions"],
             "num_classes": len(data.class_names), "test_samples": int(rep["n"]["test"]),
             "metrics": result.metrics, "tiers": list(test_eval["tier_fractions"]),

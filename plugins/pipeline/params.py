@@ -16,6 +16,7 @@ from typing import Any
 from ml.architectures import ARCHITECTURES
 from ml.confidence import MEASURES
 from ml.contract import TIERS
+from ml.user_models import SPEC_PATTERN, spec_kind
 
 BACKENDS = ("local", "kubernetes")
 CONFIDENCE = MEASURES
@@ -35,13 +36,20 @@ class ParamError(ValueError):
 
 # name -> (default, JSON schema, description shown in the trigger form)
 PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
-    "architecture": ("compact", {"type": "string", "enum": list(ARCHITECTURES)},
-                     "Multi-exit network: compact (28x28 default), b_alexnet or vgg."),
+    "architecture": ("compact", {"type": "string", "pattern": SPEC_PATTERN, "examples": list(ARCHITECTURES)},
+                     "Multi-exit network: compact (28x28 default), b_alexnet, vgg, your factory "
+                     "'package.module:function' (importable in the ML environment), a .keras file (path or s3://) "
+                     "or an MLflow model URI (models:/name/version)."),
     # The demo's champion is trained with these defaults too, so a retrain with the defaults competes with
     # it on equal terms at the gate.
     "epochs": (5, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
     "exit_loss_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
                           "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 1.0 each."),
+    "distill_weight": (0.0, {"type": "number", "minimum": 0, "maximum": 10},
+                       "Self-distillation: weight of the final exit's softened outputs in each early exit's loss "
+                       "(0 = plain joint training)."),
+    "distill_temperature": (3.0, {"type": "number", "exclusiveMinimum": 0, "maximum": 20},
+                            "Self-distillation: softmax temperature of the final exit's outputs the early exits learn."),
     "tier_map": ("edge=0;fog=1;cloud=2", {"type": "string", "pattern": TIER_MAP_PATTERN},
                  "Exits served by each tier, edge to cloud, e.g. 'edge=0;fog=1;cloud=2' or 'cloud=final'."),
     "accuracy_tolerance": (1.0, {"type": "number", "minimum": 0, "maximum": 50},
@@ -93,6 +101,8 @@ ML_OPTIONS: dict[str, str] = {
     "architecture": "architecture",
     "epochs": "epochs",
     "exit_loss_weights": "exit_weights",
+    "distill_weight": "distill_weight",
+    "distill_temperature": "distill_temperature",
     "tier_map": "tier_map",
     "accuracy_tolerance": "tolerance",
     "adaptive_floor": "adaptive_floor",
@@ -160,8 +170,11 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
         problems.append(f"unknown parameter(s) {unknown}; known: {sorted(PARAM_SPECS)}")
     v = {**defaults(), **{k: conf[k] for k in conf if k in PARAM_SPECS}}
 
-    if v["architecture"] not in ARCHITECTURES:
-        problems.append(f"architecture={v['architecture']!r}: choose one of {list(ARCHITECTURES)}")
+    try:
+        spec_kind(v["architecture"])
+        v["architecture"] = v["architecture"].strip()
+    except ValueError as exc:
+        problems.append(str(exc))
     if isinstance(v["epochs"], str) and v["epochs"].strip().isdigit():
         v["epochs"] = int(v["epochs"])
     if not isinstance(v["epochs"], int) or isinstance(v["epochs"], bool) or not 1 <= v["epochs"] <= 200:
@@ -233,6 +246,10 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if not _number(v["min_accuracy"]) or not 0 <= v["min_accuracy"] <= 1:
         problems.append(f"min_accuracy={v['min_accuracy']!r}: give the lowest acceptable test accuracy as a "
                         "fraction from 0 to 1 (e.g. 0.8), or 0 to require only that the model beats chance")
+    if not _number(v["distill_weight"]) or not 0 <= v["distill_weight"] <= 10:
+        problems.append(f"distill_weight={v['distill_weight']!r}: give a weight from 0 (off) to 10, e.g. 1.0")
+    if not _number(v["distill_temperature"]) or not 0 < v["distill_temperature"] <= 20:
+        problems.append(f"distill_temperature={v['distill_temperature']!r}: give a temperature > 0 and <= 20, e.g. 3")
     for name, lo, hi in (("gate_margin", 0, 1), ("canary_accuracy_drop", 0, 1)):
         if not _number(v[name]) or not lo <= v[name] <= hi:
             problems.append(f"{name}={v[name]!r}: give a number from {lo} to {hi}")
@@ -252,7 +269,7 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
     if problems:
         raise ParamError("invalid pipeline parameters:\n- " + "\n- ".join(problems))
     v["tier_map"] = tier_map
-    for name in ("accuracy_tolerance", "min_accuracy", "gate_margin", "canary_accuracy_drop", "canary_max_p95_ms",
-                 "adaptive_floor", "latency_objective_ms"):
+    for name in ("distill_weight", "distill_temperature", "accuracy_tolerance", "min_accuracy", "gate_margin",
+                 "canary_accuracy_drop", "canary_max_p95_ms", "adaptive_floor", "latency_objective_ms"):
         v[name] = float(v[name])
     return PipelineParams(**v)

@@ -42,3 +42,36 @@ def test_cli_errors_say_what_to_fix(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"config": {"train": {}}, "dataset": "fashion-mnist"}))
     result = runner.invoke(app, ["partition", "--run", str(tmp_path)])
     assert result.exit_code == 2 and "run `tierflow ml calibrate" in result.output
+
+
+def test_a_user_factory_and_a_user_keras_file_train_calibrate_and_partition(tmp_path, monkeypatch):
+    """The worked example of docs/user-models.md through the CLI: as an import path, then saved to a .keras
+    file (its weights the starting point); a broken one is refused before training."""
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[3] / "docs" / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    run = tmp_path / "factory"
+    out = _ok(["train", "--out", str(run), "--architecture", "my_exits:build", "--n-train", "1200", "--epochs", "2",
+               "--batch-size", "32", "--patience", "0"]).output
+    assert "val_accuracy_per_exit" in out
+    train = json.loads((run / "train.json").read_text())
+    assert train["config"]["architecture"] == "my_exits:build"
+    assert train["val_exits"][-1]["accuracy"] > 0.4  # learnt something (chance is 0.1)
+    _ok(["calibrate", "--run", str(run)])
+    _ok(["partition", "--run", str(run), "--no-tflite"])
+    manifest = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert manifest["architecture"] == "my_exits:build" and len(manifest["tiers"]) == 3
+
+    import my_exits
+
+    assert "my_exits" in sys.modules
+    saved = tmp_path / "mine.keras"
+    my_exits.build((28, 28, 1), 10).save(saved)
+    _ok(["train", "--out", str(tmp_path / "file"), "--architecture", str(saved), "--n-train", "600", "--epochs", "1",
+         "--patience", "0"])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--architecture",
+                                 "my_exits:build_without_cuts", "--n-train", "300"])
+    assert result.exit_code == 2 and "missing cut-point layers ['cut_0']" in result.output
+    assert not (tmp_path / "bad" / "model.keras").exists()

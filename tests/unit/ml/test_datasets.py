@@ -69,3 +69,30 @@ def test_dataset_validation_and_split():
     assert (len(a), len(b)) == (7, 3)
     a2, b2 = ds.split(0.3, seed=1)
     np.testing.assert_array_equal(a.y, a2.y)
+
+
+def test_npz_datasets_with_and_without_names_and_test_split(tmp_path):
+    x = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
+    np.savez(tmp_path / "plain.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
+    train, test = load_dataset(tmp_path / "plain.npz")
+    assert train.x.shape == (6, 4, 4, 1) and test is None and train.class_names == ["class_0", "class_1", "class_2"]
+    np.savez(tmp_path / "split.npz", x_train=x, y_train=np.array([0, 1] * 3), x_test=x[:2], y_test=np.array([1, 0]),
+             class_names=np.array(["cat", "dog"]))
+    train, test = load_dataset(tmp_path / "split.npz")
+    assert train.class_names == test.class_names == ["cat", "dog"] and len(test) == 2
+    np.savez(tmp_path / "bad.npz", images=x)
+    with pytest.raises(ValueError, match=r"needs arrays 'x' and 'y' \(or 'x_train' and 'y_train'\); it has \['images'\]"):
+        load_dataset(tmp_path / "bad.npz")
+    np.savez(tmp_path / "float_labels.npz", x=x, y=np.zeros(6))
+    with pytest.raises(ValueError, match="integer labels"):
+        load_dataset(tmp_path / "float_labels.npz")
+
+
+def test_image_size_text():
+    from ml.sources import parse_image_size
+
+    assert parse_image_size("64x48") == (64, 48) and parse_image_size("32") == (32, 32)
+    assert parse_image_size(None) is None
+    for bad in ("64x", "ax3", "0x4", "1x2x3"):
+        with pytest.raises(ValueError, match="give HxW in pixels"):
+            parse_image_size(bad)

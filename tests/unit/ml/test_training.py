@@ -59,3 +59,55 @@ def test_exit_weights_are_checked():
         compile_multi_exit(_model(), [1, 1, 1])
     with pytest.raises(ValueError, match="not all zero"):
         compile_multi_exit(_model(), [0, 0])
+
+
+def test_self_distillation_loss_adds_the_softened_kl_to_the_cross_entropy():
+    import keras
+
+    from ml.architectures import build
+    from ml.training import distillation_trainer
+
+    model = build("compact", (28, 28, 1), 3, width=0.25)
+    trainer, losses, metrics = distillation_trainer(model, weight=2.0, temperature=4.0)
+    assert [o.shape[-1] for o in trainer.outputs] == [6, 6, 3]  # early exits carry the teacher beside them
+    y = np.array([0, 2])
+    student = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype="float32")
+    ce = keras.losses.sparse_categorical_crossentropy(y, student).numpy()
+    same = losses[0](y, np.concatenate([student, student], axis=1)).numpy()
+    np.testing.assert_allclose(same, ce, rtol=1e-5)  # a student that agrees with its teacher: plain CE
+    teacher = np.array([[0.1, 0.1, 0.8], [0.1, 0.3, 0.6]], dtype="float32")
+    t = np.log(teacher) / 4.0
+    s = np.log(student) / 4.0
+    t, s = t - np.log(np.exp(t).sum(1, keepdims=True)), s - np.log(np.exp(s).sum(1, keepdims=True))
+    kl = (np.exp(t) * (t - s)).sum(1)
+    got = losses[0](y, np.concatenate([student, teacher], axis=1)).numpy()
+    np.testing.assert_allclose(got, ce + 2.0 * 16 * kl, rtol=1e-4)
+    assert metrics[0][0](y, np.concatenate([student, teacher], axis=1)).numpy().tolist() == [1.0, 1.0]
+
+
+def test_self_distillation_trains_the_model_itself_and_reports_under_the_exit_names():
+    from ml.architectures import build
+    from ml.training import TrainConfig, train_multi_exit
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (256, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 3, 256)
+    model = build("compact", (28, 28, 1), 3, width=0.25)
+    before = [w.copy() for w in model.get_weights()]
+    r = train_multi_exit(model, x[:200], y[:200], x[200:], y[200:],
+                         TrainConfig(epochs=1, batch_size=64, patience=0, progress=False, distill_weight=1.0))
+    assert {"exit_0_accuracy", "val_exit_0_loss", "exit_2_accuracy"} <= set(r.history)
+    assert not any("distill" in k for k in r.history)
+    assert r.extra["distill_weight"] == 1.0 and r.extra["distill_temperature"] == 3.0
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    with pytest.raises(ValueError, match="distill_temperature > 0"):
+        train_multi_exit(model, x[:200], y[:200], x[200:], y[200:],
+                         TrainConfig(epochs=1, progress=False, distill_weight=1.0, distill_temperature=0))
+
+
+def test_auto_batch_size_keeps_a_hundred_steps_an_epoch_on_small_datasets():
+    from ml.training import auto_batch_size
+
+    assert auto_batch_size(54000) == 128  # Fashion-MNIST: unchanged
+    assert auto_batch_size(4590) == 32  # the 6,000-image set's training split: 144 steps, not 36
+    assert auto_batch_size(900) == 16 and auto_batch_size(12800) == 128 and auto_batch_size(12672) == 64

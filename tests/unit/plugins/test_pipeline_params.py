@@ -21,12 +21,33 @@ def test_lists_from_the_form_as_text_are_parsed():
     assert cfg.cost_weights == [1.0, 5.0, 20.0]
 
 
+@pytest.mark.parametrize("spec", ["vgg", "my_pkg.nets:build_net", " nets:tiny ", "/data/m.keras",
+                                  "file:m.keras", "s3://models/net.keras", "models:/net/3", "models:/net@champion",
+                                  "runs:/abc/model"])
+def test_user_architectures_pass_validation_in_the_scheduler_without_tensorflow(spec):
+    import re
+
+    assert validate({"architecture": spec}).architecture == spec.strip()
+    assert re.match(PARAM_SPECS["architecture"][1]["pattern"], spec)  # and the trigger form
+
+
+@pytest.mark.parametrize("spec", ["resnet", "my.models:", "weights.h5", "models:/", ""])
+def test_the_trigger_form_pattern_refuses_what_validation_refuses(spec):
+    import re
+
+    assert not re.match(PARAM_SPECS["architecture"][1]["pattern"], spec)
+
+
 def test_cloud_only_tier_map():
     assert validate({"tier_map": "cloud=final"}).tier_map == {"cloud": ["final"]}
 
 
 @pytest.mark.parametrize(("conf", "needle"), [
-    ({"architecture": "resnet"}, "architecture='resnet': choose one of"),
+    ({"architecture": "resnet"}, "architecture='resnet': unknown architecture; give a built-in name ['compact'"),
+    ({"architecture": "my.models:"}, "is not an import path: write 'package.module:factory'"),
+    ({"architecture": "weights.h5"}, "save the model in the Keras 3 format"),
+    ({"architecture": "models:/"}, "the MLflow URI names no model"),
+    ({"architecture": 3}, "architecture=3: give a built-in name"),
     ({"epochs": 0}, "epochs=0: give a whole number from 1 to 200"),
     ({"epochs": "many"}, "epochs='many'"),
     ({"tier_map": "edge=0;mist=1;cloud=2"}, "unknown tier(s) ['mist']"),
@@ -71,7 +92,7 @@ def test_every_ml_parameter_names_an_option_of_the_ml_pipeline():
     assert set(ML_OPTIONS) <= set(PARAM_SPECS)
     assert set(ML_OPTIONS.values()) <= ml_fields, set(ML_OPTIONS.values()) - ml_fields
     assert {f.name for f in fields(PipelineParams)} == set(PARAM_SPECS)
-    assert PARAM_SPECS["architecture"][1]["enum"] == list(ML_ARCHITECTURES)
+    assert PARAM_SPECS["architecture"][1]["examples"] == list(ML_ARCHITECTURES)
     assert PARAM_SPECS["confidence"][1]["enum"] == list(MEASURES)
     options = ml_options(validate({"confidence": "entropy", "accuracy_tolerance": 2, "min_accuracy": 0}).to_dict())
     assert options["measure"] == "entropy" and options["tolerance"] == 2.0
