@@ -53,12 +53,17 @@ class AnswerWatch:
             found = [TopicPartition(self.topic, p, OFFSET_END) for p in parts]
         assignment = [TopicPartition(self.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
                       for tp in found]
+        ends = self._ends(c, parts)  # what the topic held when the recall began: read up to there
+        todo = {tp.partition for tp in assignment if ends is None or 0 <= tp.offset < ends[tp.partition]}
         c.assign(assignment)  # no consumer group to join: every tier reads every partition
-        while time.monotonic() - t0 < 120:
+        while todo and time.monotonic() - t0 < 120:
             msgs = c.consume(1000, timeout=0.5)
             self._note(msgs)
-            # Caught up: a fetch came back empty with every partition's position known (or, on a topic with
-            # nothing to read, none became known within a few fetch rounds).
+            if ends is not None:  # caught up once every partition's position passed its end at the start,
+                # however busy the topic is meanwhile
+                todo -= {tp.partition for tp in c.position([TopicPartition(self.topic, p) for p in todo])
+                         if tp.offset >= ends[tp.partition]}
+            # Else (or a position that never becomes known): caught up when a fetch comes back empty.
             if not msgs and (time.monotonic() - t0 > 2 or all(tp.offset >= 0 for tp in c.position(assignment))):
                 break
         self.recalled = True
@@ -67,6 +72,17 @@ class AnswerWatch:
             self.close()
         log.info("answers recalled", extra={"tier": self.tier, "answers": len(self.memory),
                                             "seconds": round(time.monotonic() - t0, 2)})
+
+    def _ends(self, c: Any, parts: list[int]) -> dict[int, int] | None:
+        """The high watermark of each partition now (None if the broker does not say)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            return {p: c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in parts}
+        except KafkaException as exc:
+            log.warning("no high watermarks; recalling answers until a fetch comes back empty",
+                        extra={"tier": self.tier, "error": str(exc)})
+            return None
 
     def poll(self, force: bool = False) -> None:
         """Take in every answer that has arrived since the last look, at most every ``POLL_INTERVAL_S``
