@@ -57,8 +57,9 @@ class Outputs:
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
         self._withdrawn_logged = 0.0
-        g = self.ws.degrade_grace_ms  # timed answer producers of an upper tier: (timeout ms, kind)
-        self._timed_kinds = [(g * 4 ** k, f"answers-{g * 4 ** k}") for k in range(4)]
+        # Timed answer producers of an upper tier, (timeout ms, kind): half a grace times 1, 4, 16, 64.
+        half = max(1, self.ws.degrade_grace_ms // 2)
+        self._timed_kinds = [(half * 4 ** k, f"answers-{half * 4 ** k}") for k in range(4)]
         self.tracer = TierTracer.for_worker(settings, route.tier, route.version)  # None: tracing off
 
     def connect(self) -> None:
@@ -84,13 +85,13 @@ class Outputs:
         return self._producers[(bootstrap, kind)]
 
     def _answer_kind(self, close_at: int, now: int) -> str:
-        """The producer for an answer. An upper tier's answer must be on the broker before the tier below
-        may answer degraded (its own window close plus a grace), else it is withdrawn, never published
-        late (`runtime.ownership`, rule 1): its producer's delivery timeout is the largest of 1, 4, 16 or 64
-        graces that still ends by then."""
+        """The producer for an answer. An upper tier's answer must be on the broker half a grace before the
+        tier below may answer degraded (at this tier's window close plus a grace), so the tier below has the
+        other half to see it; else it is withdrawn, never published late (`runtime.ownership`, rule 1). Its
+        producer's delivery timeout is the largest of 1, 4, 16 or 64 half-graces that still ends by then."""
         if self.route.is_entry:
             return "answers"
-        left = close_at + self.ws.degrade_grace_ms - now
+        left = close_at + self.ws.degrade_grace_ms // 2 - now
         kind = self._timed_kinds[0][1]
         for timeout, name in self._timed_kinds[1:]:
             if timeout > left:

@@ -13,8 +13,9 @@ deadline, every tier below one ``grace`` later than the tier above it. The rule:
 4. Work that reaches an upper tier after its window closed (a backlog after a restart, a short deadline)
    is dropped and counted as expired: the tier below owns it and answers it by rule 2 or 3.
 
-Tier ``i+1`` stops publishing one grace before tier ``i`` answers degraded, so tier ``i`` has seen the
-answer by then as long as an answer reaches a watching tier within the grace (milliseconds on one cluster;
+Tier ``i+1`` stops publishing one grace before tier ``i`` answers degraded and its answer must be on the
+broker within half of it (else it is withdrawn, `runtime.outputs`), so tier ``i`` has seen the answer by
+then as long as an answer on the broker reaches a watching tier within half a grace (milliseconds on one cluster;
 ``worker.degrade_grace_ms`` is 250 ms). Clocks: every forward carries the sender's notion of now as its
 Kafka timestamp and an upper tier never lets its clock run behind what it received (`TierClock`), so a
 tier whose clock is behind its lower neighbour corrects itself; one that runs ahead only closes its window

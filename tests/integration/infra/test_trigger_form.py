@@ -24,6 +24,7 @@ def test_trigger_form_with_its_defaults_starts_a_valid_run(airflow_stack, tmp_pa
 
     client = AirflowClient.from_settings(airflow_stack)
     client.wait_dag("tierflow_pipeline", timeout_s=180)
+    client.set_paused("tierflow_pipeline", True)  # as on a fresh stack (an earlier test may have unpaused it)
     before = {r["dag_run_id"] for r in client.runs("tierflow_pipeline")}
     url = airflow_stack.airflow.api_url
     shots = os.environ.get("TIERFLOW_SCREENSHOTS") or str(tmp_path)
