@@ -257,15 +257,14 @@ class StackSettings(BaseModel):
     """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
 
     The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
-    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS and Airflow open more listeners; each is a port
-    here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
+    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS opens more listeners; each is a port here,
+    0 meaning "a free loopback port chosen at start" (recorded in the stack state). Airflow runs without its
+    log servers (infra.local.airflow_standalone), so it has no listener beyond its API server.
     """
 
     services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow", "prometheus"])
     # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
     weed_ports: dict[str, int] = Field(default_factory=dict)
-    airflow_worker_log_port: int = 0
-    airflow_trigger_log_port: int = 0
     airflow_parallelism: int = 4
     # Artifacts of the MLflow server go to s3://<s3.bucket>/<mlflow_artifacts_prefix>.
     mlflow_artifacts_prefix: str = "mlflow"
