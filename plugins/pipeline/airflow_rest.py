@@ -20,6 +20,17 @@ class AirflowApiError(RuntimeError):
     """The API refused a call or a run did not finish; the message carries the API's answer."""
 
 
+def _detail(body: bytes) -> str:
+    """The API's own words: the text of FastAPI's `detail` (e.g. Airflow's "Invalid input for param X: ..."
+    with its line breaks), else the body as it came."""
+    text = body.decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return (detail if isinstance(detail, str) else text)[:2000]
+
+
 class AirflowClient:
     def __init__(self, api_url: str, username: str, password: str, timeout_s: float = 60.0):
         self.api_url = api_url.rstrip("/")
@@ -43,8 +54,7 @@ class AirflowClient:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - configured URL
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:2000]
-            raise AirflowApiError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+            raise AirflowApiError(f"{method} {path} -> HTTP {exc.code}: {_detail(exc.read())}") from None
         return json.loads(raw) if raw else None
 
     def token(self) -> str:

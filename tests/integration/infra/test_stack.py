@@ -208,6 +208,42 @@ def test_trigger_with_the_form_defaults_works_and_wrong_values_are_refused_befor
     client._request("DELETE", f"/api/v2/dags/tierflow_pipeline/dagRuns/{run_id}")
 
 
+# A wrong value, and what the first line of Airflow's answer must show besides the parameter's name.
+WRONG_VALUES = [
+    ({"tier_map": "nonsense"}, "tier_map", "(edge|fog|cloud) *= *([0-9]+|final|exit_[0-9]+)"),
+    ({"tier_map": "edge=0 fog=1"}, "tier_map", "([;,]|$)"),
+    ({"epochs": 0}, "epochs", "less than the minimum of 1"),
+    ({"epochs": 1000}, "epochs", "greater than the maximum of 200"),
+    ({"epochs": "five"}, "epochs", "is not of type 'integer'"),
+    ({"objective": "fast"}, "objective", "is not one of ['early', 'cost']"),
+    ({"backend": "k8s"}, "backend", "is not one of ['local', 'kubernetes']"),
+    ({"confidence": "margin"}, "confidence", "is not one of ['max_softmax', 'entropy']"),
+    ({"canary_accuracy_drop": 2}, "canary_accuracy_drop", "greater than the maximum of 1"),
+    ({"architecture": "resnet"}, "architecture", "(compact|b_alexnet|vgg|"),
+    ({"dataset": "http://x"}, "dataset", "fashion-mnist|s3://"),
+]
+
+
+def test_a_wrong_value_over_rest_is_refused_with_a_first_line_naming_it_and_what_is_allowed(airflow_stack: Settings):
+    """POST /api/v2/dags/tierflow_pipeline/dagRuns with a wrong conf: HTTP 400, no run, and the first line of
+    Airflow's `detail` names the parameter, the value and what is allowed (the enum, the range, the pattern).
+    The lines after it (jsonschema's "Failed validating ... in schema", the instance) are Airflow's own."""
+    from plugins.pipeline.airflow_rest import AirflowApiError, AirflowClient
+
+    client = AirflowClient.from_settings(airflow_stack)
+    client.wait_dag("tierflow_pipeline", timeout_s=180)
+    client.set_paused("tierflow_pipeline", True)
+    before = client.runs("tierflow_pipeline")
+    for conf, name, allowed in WRONG_VALUES:
+        with pytest.raises(AirflowApiError) as err:
+            client.trigger("tierflow_pipeline", conf)
+        prefix = "POST /api/v2/dags/tierflow_pipeline/dagRuns -> HTTP 400: "
+        first = str(err.value).splitlines()[0]
+        assert first.startswith(f"{prefix}Invalid input for param {name}: {conf[name]!r} "), first
+        assert allowed in first, first
+    assert client.runs("tierflow_pipeline") == before
+
+
 def test_monitor_command_says_the_dag_is_paused_instead_of_queueing_a_run(airflow_stack: Settings):
     from plugins.pipeline.airflow_rest import AirflowClient
 
