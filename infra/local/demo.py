@@ -26,12 +26,6 @@ class DemoTimings:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def earlier_than_any_schedule(now: float | None = None) -> str:
-    """A run_after (ISO 8601, UTC) two hours before now: ahead of any hourly run the scheduler queues."""
-    t = (time.time() if now is None else now) - 2 * 3600
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
-
-
 def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float = 600,
                            on_progress: Any = None) -> dict[str, Any]:
     """Run the ingest DAG once by hand and return its result (XCom: manifest_uri, version, records, ...).
@@ -45,9 +39,7 @@ def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float
     from plugins.pipeline.airflow_rest import AirflowApiError
     from plugins.pipeline.common import INGEST_DAG
 
-    # the run id says when it was triggered (Airflow would name it after the earlier run_after)
-    run_id = airflow.trigger(INGEST_DAG, run_after=earlier_than_any_schedule(),
-                             run_id=f"manual__{time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime())}")
+    run_id = airflow.trigger_first(INGEST_DAG)
     airflow.set_paused(INGEST_DAG, False)
     run = airflow.wait_run(INGEST_DAG, run_id, timeout_s, on_progress=on_progress)
     if run["state"] != "success":

@@ -258,6 +258,50 @@ def test_monitor_command_says_the_dag_is_paused_instead_of_queueing_a_run(airflo
     assert client.runs("tierflow_monitor") == []
 
 
+def test_monitor_unpause_measures_the_new_answers_and_leaves_the_canary_out(airflow_stack: Settings):
+    """`tierflow monitor --unpause` on the answers of a release (60 live with feedback, 10 canary): its own run
+    measures them, not the catch-up run that unpausing queues; the canary is left out, counted once, and not
+    kept waiting for feedback it never gets (a second run finds nothing new)."""
+
+    from confluent_kafka import Producer
+
+    from ml.contract import CANARY_ID_PREFIX
+    from plugins.pipeline.airflow_rest import AirflowClient
+    from plugins.pipeline.monitor import read_window
+    from runtime.client import publish_feedback
+    from runtime.kafka import ensure_topics, producer_config
+
+    client = AirflowClient.from_settings(airflow_stack)
+    client.wait_dag("tierflow_monitor", timeout_s=180)
+    client.set_paused("tierflow_monitor", True)
+    # A monitor with nothing new since its last run and nothing waiting (the broker and stack home are shared
+    # with the other tests of the session): read what is there as the monitor would, forget what waits.
+    read_window(airflow_stack)
+    (airflow_stack.home / "monitor" / f"{airflow_stack.app}.json").unlink()
+    results = airflow_stack.topic("results")
+    ensure_topics(airflow_stack, [results])
+    producer = Producer(producer_config(airflow_stack))
+    answers = [(f"live-{i}", i % 10) for i in range(60)] + [(f"{CANARY_ID_PREFIX}9-ab12-{i}", 0) for i in range(10)]
+    for rid, label in answers:
+        producer.produce(results, key=rid, value=json.dumps(
+            {"request_id": rid, "label": label, "tier": "edge", "model_version": "9"}).encode())
+    assert producer.flush(30) == 0
+    publish_feedback(airflow_stack, {f"live-{i}": i % 10 for i in range(60)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    env.update(TIERFLOW_HOME=str(airflow_stack.home), PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "tierflow_cli", "monitor"]
+    try:
+        first = subprocess.run([*cli, "--unpause"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "live: 60 answers, 60 with feedback, accuracy 1.000" in first.stdout, first.stdout
+        assert "10 canary answers left out" in first.stdout and "healthy: no retraining" in first.stdout
+        again = subprocess.run(cli, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "live: 0 answers, 0 with feedback" in again.stdout and "0 canary answers left out" in again.stdout
+    finally:
+        client.set_paused("tierflow_monitor", True)
+
+
 def test_the_first_dag_run_after_stack_up_succeeds(airflow_stack: Settings):
     """`stack up` returned only once every Airflow component heartbeats and the DAGs are parsed: the first run
     that executes on this stack (an ingest of an empty topic: success, its task skipped) needs no retry."""
