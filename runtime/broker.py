@@ -59,9 +59,9 @@ class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None,
                  startup_timeout_s: float = 15.0, advertised: str | None = None, authentication: bool = False):
         self.host = host
-        # tansu's --authentication: every client must log in with SASL SCRAM-SHA-256/512 first. Its memory
-        # storage keeps no SCRAM credentials (`tansu user create` succeeds and stores nobody), so every login
-        # is refused as unknown-user: good for testing refusals only.
+        # tansu's --authentication: every client must log in with SASL SCRAM-SHA-256/512 first. No SCRAM
+        # credential can be stored in its memory storage (README, "Operating it"), so every login is refused
+        # as unknown-user: good for testing refusals only.
         self.authentication = authentication
         self.port = port
         self.advertised = advertised  # "host:port" clients are sent to, e.g. a TLS terminator in front
