@@ -77,9 +77,7 @@ class Prometheus:
         import yaml
 
         text = str(yaml.safe_load(self._get("/api/v1/status/config")["yaml"])["global"]["scrape_interval"])
-        units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-        unit = next(u for u in ("ms", "s", "m", "h") if text.endswith(u))
-        return float(text[: -len(unit)]) * units[unit]
+        return duration_s(text)
 
     def rules(self) -> list[dict]:
         return self._get("/api/v1/rules")["groups"]
@@ -122,6 +120,17 @@ def live_figures(url: str, app: str, tiers: int, *, settle_s: float = 0.0,
     time.sleep(settle_s)
     prom.wait(f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{app}"}}', count=tiers, timeout_s=timeout_s)
     return tier_figures(prom, app)
+
+
+def duration_s(text: str) -> float:
+    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds."""
+    import re
+
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise PrometheusError(f"not a Prometheus duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def _increase(selector: str, by: str, start_s: float, end_s: float) -> str:

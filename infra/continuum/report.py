@@ -22,9 +22,10 @@ _DEVICE = "the device's own counts"
 
 def _tiers(run: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per-tier figures of a scenario's low load (Prometheus's or the device's; older reports: the device's)."""
-    if "per_tier" in run:
-        return run["per_tier"]["tiers"]
-    return {t: {"answers": n} for t, n in run["answers"]["per_tier"].items()}
+    tiers = run["per_tier"]["tiers"] if "per_tier" in run else {
+        t: {"answers": n} for t, n in run["answers"]["per_tier"].items()}
+    order = list(run.get("tiers", {}))  # the scenario's tiers, entry tier first
+    return dict(sorted(tiers.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def _degraded(run: dict[str, Any]) -> int:
