@@ -237,7 +237,8 @@ class KubernetesSettings(BaseModel):
     # Nodes of each pool carry the label <node_label>=<tier>; tier pools may be tainted the same way.
     node_label: str = "tier"
     tolerate_tier_taint: bool = True
-    # Container env var -> key in the Kubernetes Secret `secret_name` (never literal values).
+    # Container env var -> key in the Kubernetes Secret `secret_name`, or "<secret>/<key>" in another Secret
+    # (never literal values).
     secret_name: str = "tierflow-secrets"
     secret_env: dict[str, str] = Field(default_factory=lambda: {
         "TIERFLOW_S3__ACCESS_KEY_ID": "s3-access-key-id",
@@ -245,6 +246,14 @@ class KubernetesSettings(BaseModel):
         "AWS_ACCESS_KEY_ID": "s3-access-key-id",
         "AWS_SECRET_ACCESS_KEY": "s3-secret-access-key",
     })
+    # Where the tier pods get each Kafka secret the kafka settings use: "<key>" of secret_name or
+    # "<secret>/<key>". TLS files (ssl_ca_location, ssl_certificate_location, ssl_key_location) are mounted
+    # read-only at kafka_tls_dir, passwords (sasl_password, ssl_key_password) are env by secretKeyRef.
+    # Default keys of secret_name: kafka-ssl-ca, kafka-ssl-certificate, kafka-ssl-key, kafka-sasl-password,
+    # kafka-ssl-key-password. Strimzi keeps the cluster CA and a KafkaUser's credentials in Secrets of their own.
+    kafka_secrets: dict[Literal["ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "sasl_password",
+                                "ssl_key_password"], str] = Field(default_factory=dict)
+    kafka_tls_dir: str = "/etc/tierflow/kafka-tls"
     cpu_request: str = "250m"
     memory_request: str = "512Mi"
     cpu_limit: str = "2"
@@ -262,15 +271,14 @@ class StackSettings(BaseModel):
     """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
 
     The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
-    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS and Airflow open more listeners; each is a port
-    here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
+    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS opens more listeners; each is a port here,
+    0 meaning "a free loopback port chosen at start" (recorded in the stack state). Airflow runs without its
+    log servers (infra.local.airflow_standalone), so it has no listener beyond its API server.
     """
 
     services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow", "prometheus"])
     # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
     weed_ports: dict[str, int] = Field(default_factory=dict)
-    airflow_worker_log_port: int = 0
-    airflow_trigger_log_port: int = 0
     airflow_parallelism: int = 4
     # Artifacts of the MLflow server go to s3://<s3.bucket>/<mlflow_artifacts_prefix>.
     mlflow_artifacts_prefix: str = "mlflow"
