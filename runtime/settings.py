@@ -217,6 +217,23 @@ class TracingSettings(BaseModel):
     file: str | None = None  # exporter "file": JSON lines; "{tier}" is replaced; default $TIERFLOW_HOME/traces/
 
 
+class AutoscalingSettings(BaseModel):
+    """A KEDA ScaledObject per tier Deployment (plugins.rollout.autoscaling): the Kafka scaler on the tier's
+    consumer group and input topic adds a replica per ``lag_threshold`` records of lag, between the tier's
+    replicas (``k8s.replicas``) and ``max_replicas`` (at most ``kafka.partitions``: a consumer beyond the
+    topic's partitions gets none and idles)."""
+
+    enabled: bool = False
+    lag_threshold: int = Field(100, ge=1)  # target lag per replica
+    activation_lag_threshold: int = Field(0, ge=0)  # lag above which KEDA acts at all
+    # Per tier, e.g. {"cloud": 6}; a tier not named may grow to kafka.partitions.
+    max_replicas: dict[str, int] = Field(default_factory=dict)
+    polling_interval_s: int = Field(15, ge=1)
+    cooldown_s: int = Field(300, ge=0)
+    # TriggerAuthentication (in the tier namespace) with the broker's SASL/TLS secrets, when it needs them.
+    trigger_authentication: str | None = None
+
+
 class KubernetesSettings(BaseModel):
     """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
 
@@ -251,6 +268,15 @@ class KubernetesSettings(BaseModel):
     max_restarts: int = 2
     # Optional KubernetesPodOperator pod template file merged under the generated pod.
     pod_template_file: str | None = None
+    # Replicas of each tier's Deployment, e.g. {"edge": 2, "cloud": 3}; a tier not named gets 1.
+    replicas: dict[str, int] = Field(default_factory=dict)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+
+    def replicas_for(self, tier: str) -> int:
+        return self.replicas.get(tier, 1)
+
+    def max_replicas_for(self, tier: str, partitions: int) -> int:
+        return self.autoscaling.max_replicas.get(tier, partitions)
 
 
 class StackSettings(BaseModel):
@@ -309,6 +335,22 @@ class Settings(BaseSettings):
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @model_validator(mode="after")
+    def _replicas_fit_partitions(self) -> Settings:
+        """More consumers in a group than its topic has partitions idle: say so before a rollout starts."""
+        parts, ks = self.kafka.partitions, self.k8s
+        problems = []
+        for tier, n in sorted(ks.replicas.items()):
+            if not 1 <= n <= parts:
+                problems.append(f"TIERFLOW_K8S__REPLICAS {tier}={n}: give 1 to TIERFLOW_KAFKA__PARTITIONS={parts}")
+        for tier, n in sorted(ks.autoscaling.max_replicas.items()):
+            if not ks.replicas_for(tier) <= n <= parts:
+                problems.append(f"TIERFLOW_K8S__AUTOSCALING__MAX_REPLICAS {tier}={n}: give "
+                                f"{ks.replicas_for(tier)} (the tier's replicas) to TIERFLOW_KAFKA__PARTITIONS={parts}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,14 @@ CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different 
 
 
 def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
-                 http_port: int = 9100, replicas: int = 1, env: dict[str, str] | None = None) -> Release:
-    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI and extra settings ``env``;
-    local workers pick free ports."""
+                 http_port: int = 9100, replicas: Mapping[str, int] | None = None,
+                 env: dict[str, str] | None = None) -> Release:
+    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI, its replicas (1 where
+    ``replicas`` names no count) and extra settings ``env``; local workers pick free ports."""
     port = 0 if backend == "local" else http_port
     return Release(app, str(release), tuple(
-        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas, env=dict(env or {}))
+        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=(replicas or {}).get(t, 1),
+                       env=dict(env or {}))
         for t in tiers))
 
 
@@ -109,7 +111,9 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     from plugins.pipeline.params import worker_env
 
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
-                           backend=cfg["backend"], http_port=settings.worker.http_port, env=worker_env(cfg))
+                           backend=cfg["backend"], http_port=settings.worker.http_port,
+                           replicas=settings.k8s.replicas if cfg["backend"] == "kubernetes" else None,
+                           env=worker_env(cfg))
     policy = CanaryPolicy(requests=cfg["canary_requests"],
                           min_accuracy=max(0.0, offline_accuracy - cfg["canary_accuracy_drop"]),
                           max_p95_latency_ms=cfg["canary_max_p95_ms"],

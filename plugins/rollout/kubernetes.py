@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ml.contract import TIERS
+from plugins.rollout.autoscaling import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECTS, scaled_object
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.settings import ENV_PREFIX, Settings, get_settings, settings_env
 
@@ -258,6 +259,10 @@ class KubernetesRolloutBackend(RolloutBackend):
     def core(self) -> Any:
         return self._hook().core_v1_client
 
+    @cached_property
+    def custom(self) -> Any:
+        return self._hook().custom_object_client
+
     def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -273,6 +278,28 @@ class KubernetesRolloutBackend(RolloutBackend):
                                    f"{e.body}") from e
             self.apps.replace_namespaced_deployment(name, self.namespace, body)
             log.info("replaced Deployment %s/%s", self.namespace, name)
+        if self.settings.k8s.autoscaling.enabled:
+            self._apply_scaled_object(scaled_object(self.settings, release, spec, name=name,
+                                                    labels=body.metadata.labels))
+
+    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
+        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, SCALED_OBJECTS)
+        try:
+            self.custom.create_namespaced_custom_object(*args, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise RolloutError(f"cannot create ScaledObject {self.namespace}/{name} (is KEDA installed?): "
+                                   f"{e.status} {e.reason}: {e.body}") from e
+            current = self.custom.get_namespaced_custom_object(*args, name)
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            self.custom.replace_namespaced_custom_object(*args, name, body)
+        spec = body["spec"]
+        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, name,
+                 spec["minReplicaCount"], spec["maxReplicaCount"], spec["triggers"][0]["metadata"]["consumerGroup"],
+                 spec["triggers"][0]["metadata"]["topic"])
 
     def _pods(self, selector: dict[str, str]) -> list[Any]:
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
@@ -351,6 +378,13 @@ class KubernetesRolloutBackend(RolloutBackend):
         from kubernetes.client.exceptions import ApiException
 
         name = deployment_name(app, version, tier)
+        if self.settings.k8s.autoscaling.enabled:  # first, so KEDA stops scaling what is being removed
+            try:
+                self.custom.delete_namespaced_custom_object(KEDA_GROUP, KEDA_VERSION, self.namespace,
+                                                            SCALED_OBJECTS, name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
         try:
             self.apps.delete_namespaced_deployment(
                 name, self.namespace, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
