@@ -323,3 +323,36 @@ def test_backend_deployment_gets_the_tiers_replicas():
     release = make_release("fmnist", "4", {t: f"models:/fmnist-{t}/4" for t in ("edge", "fog", "cloud")},
                            ["edge", "fog", "cloud"], backend="kubernetes", replicas=settings.k8s.replicas)
     assert [tier_deployment(settings, release, s).spec.replicas for s in release.tiers] == [1, 1, 3]
+
+
+# -- the trainer pod (backend=kubernetes) ------------------------------------------------------------------
+def test_trainer_pod_is_valid_on_its_pool_with_gpu_and_secrets_only_by_reference():
+    from pydantic import SecretStr
+
+    from plugins.pipeline.trainer_pod import trainer_operator
+    from runtime.settings import S3Settings, TrainerPodSettings
+
+    trainer = TrainerPodSettings(node_selector={"tierflow.io/pool": "gpu"}, gpus=1, tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    settings = Settings(_env_file=None, app="fmnist", k8s=KubernetesSettings(trainer=trainer),
+                        s3=S3Settings(access_key_id="AK", secret_access_key=SecretStr("hunter2")))
+    op = trainer_operator(settings, "train", "s3://tierflow/ml-steps/i.json", "s3://tierflow/ml-steps/r.json",
+                          task_id="train-pod")
+    pod = client.ApiClient().sanitize_for_serialization(op.build_pod_request_obj(None, dry_run=True))
+    validate(pod)
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert c["image"] == trainer.image and c["command"] + c["args"] == [
+        "tierflow", "ml-step", "train", "--input", "s3://tierflow/ml-steps/i.json",
+        "--output", "s3://tierflow/ml-steps/r.json"]
+    assert spec["nodeSelector"] == {"tierflow.io/pool": "gpu"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" == c["resources"]["requests"]["nvidia.com/gpu"]
+    assert spec["restartPolicy"] == "Never" and spec["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in c["env"]}
+    for name in settings.k8s.secret_env:
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "tierflow-secrets"
+    assert "hunter2" not in yaml.safe_dump(pod)
+    assert env["TIERFLOW_MLFLOW__TRACKING_URI"]["value"] == settings.mlflow.tracking_uri
+    cpu_only = trainer_operator(Settings(_env_file=None), "gate", "s3://b/i", "s3://b/r", task_id="g")
+    assert "nvidia.com/gpu" not in (cpu_only.build_pod_request_obj(None, dry_run=True).spec.containers[0].resources.limits or {})
