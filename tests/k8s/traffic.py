@@ -9,10 +9,10 @@ import time
 class SteadyTraffic:
     """Requests at a fixed rate from a background thread, for the whole of a rollout."""
 
-    def __init__(self, settings, x, rate: float = 10.0, prefix: str = "steady"):
+    def __init__(self, settings, x, rate: float = 10.0, prefix: str = "steady", deadline_ms: int = 20000):
         from runtime.client import DeviceClient
 
-        self.client = DeviceClient(settings, deadline_ms=20000).start()
+        self.client = DeviceClient(settings, deadline_ms=deadline_ms).start()
         self.x, self.rate, self.prefix, self.closed = x, rate, prefix, False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
