@@ -72,6 +72,13 @@ class Prometheus:
         """Active scrape targets: labels, health ("up"/"down"/"unknown"), last error."""
         return self._get("/api/v1/targets", state="active")["activeTargets"]
 
+    def scrape_interval_s(self) -> float:
+        """The server's global scrape interval, from its loaded configuration."""
+        import yaml
+
+        text = str(yaml.safe_load(self._get("/api/v1/status/config")["yaml"])["global"]["scrape_interval"])
+        return duration_s(text)
+
     def rules(self) -> list[dict]:
         return self._get("/api/v1/rules")["groups"]
 
@@ -113,3 +120,41 @@ def live_figures(url: str, app: str, tiers: int, *, settle_s: float = 0.0,
     time.sleep(settle_s)
     prom.wait(f'tier:tierflow_tier_latency_seconds:p95_1m{{app="{app}"}}', count=tiers, timeout_s=timeout_s)
     return tier_figures(prom, app)
+
+
+def duration_s(text: str) -> float:
+    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds."""
+    import re
+
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise PrometheusError(f"not a Prometheus duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _increase(selector: str, by: str, start_s: float, end_s: float) -> str:
+    """PromQL for what counters grew by between two instants, exactly (the difference of the samples at
+    start and end, no extrapolation as in increase()); a series born inside the window counts from 0."""
+    at_end = f"sum by ({by}) ({selector} @ {end_s:.3f})"
+    return f"({at_end} - (sum by ({by}) ({selector} @ {start_s:.3f}) or {at_end} * 0))"
+
+
+def window_figures(prom: Prometheus, app: str, start_s: float, end_s: float) -> dict[str, dict[str, float]]:
+    """Per answering tier over [start_s, end_s] (epoch s): answers, degraded answers, end-to-end (origin to
+    answer published) and tier (receipt to publish) p50/p95 in ms, from the workers' counters and
+    histograms. Exact counts need a scrape after the window's last answer and none of the next window's
+    records before end_s: quiet stretches of a scrape interval around it."""
+    sel = f'{{app="{app}"}}'
+    counts = {"answers": f'tierflow_records_total{{app="{app}",outcome="answered"}}',
+              "degraded": f"tierflow_degraded_answers_total{sel}"}
+    out: dict[str, dict[str, float]] = {}
+    for key, selector in counts.items():
+        for s in prom.query(_increase(selector, "tier", start_s, end_s)):
+            out.setdefault(s.labels["tier"], {})[key] = round(s.value)
+    for prefix, metric in (("", "tierflow_end_to_end_latency_seconds"), ("tier_", "tierflow_tier_latency_seconds")):
+        for q in (50, 95):
+            expr = f"histogram_quantile({q / 100}, {_increase(f'{metric}_bucket{sel}', 'tier, le', start_s, end_s)})"
+            for s in prom.query(expr):  # NaN (no observations in the window: a tier that answered none) left out
+                out.setdefault(s.labels["tier"], {})[f"{prefix}p{q}_ms"] = round(s.value * 1000, 2)
+    return out

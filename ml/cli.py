@@ -232,8 +232,11 @@ def run_all(
     max_seconds: float | None = None,
     seed: int = 0,
     image_size: ImageSizeOpt = None,
+    min_accuracy: Annotated[float, typer.Option(min=0.0, max=1.0, help="sanity floor on the test split's "
+                                                "cascade accuracy (chance + a margin always applies)")] = 0.0,
 ) -> None:
-    """train → calibrate → partition → evaluate in one go (the function the Airflow task calls)."""
+    """train → calibrate → partition → evaluate in one go (the function the Airflow task calls); exits 1 when
+    the model fails the sanity check the pipeline gates registration on."""
     from ml.pipeline import PipelineConfig, run_pipeline
     from ml.sources import load_dataset, parse_image_size
     from ml.training import TrainConfig
@@ -241,6 +244,7 @@ def run_all(
     try:
         train_ds, test = load_dataset(dataset, image_size=parse_image_size(image_size))
         cfg = PipelineConfig(architecture=architecture, tier_map=tier_map, tolerance=tolerance, objective=objective,
+                             min_accuracy=min_accuracy,
                              train=TrainConfig(epochs=epochs, seed=seed, max_seconds=max_seconds))
         result = run_pipeline(train_ds, out, cfg, test=test, metadata={"dataset": dataset})
     except (ValueError, FileNotFoundError) as err:
@@ -249,7 +253,8 @@ def run_all(
     sanity = result.report["sanity"]
     if not sanity["passed"]:
         typer.secho(f"sanity check failed, the pipeline would not register this model: {sanity['reason']}",
-                    fg=typer.colors.YELLOW, err=True)
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

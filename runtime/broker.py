@@ -57,8 +57,12 @@ class EmbeddedBroker:
     """Start/stop one tansu process in its own process group; usable as a context manager."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = 15.0, advertised: str | None = None):
+                 startup_timeout_s: float = 15.0, advertised: str | None = None, authentication: bool = False):
         self.host = host
+        # tansu's --authentication: every client must log in with SASL SCRAM-SHA-256/512 first. No SCRAM
+        # credential can be stored in its memory storage (README, "Operating it"), so every login is refused
+        # as unknown-user: good for testing refusals only.
+        self.authentication = authentication
         self.port = port
         self.advertised = advertised  # "host:port" clients are sent to, e.g. a TLS terminator in front
         self.log_path = log_path
@@ -100,7 +104,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{port}"
         advertised = f"tcp://{self.advertised}" if self.advertised else url
         cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
-               "--storage-engine", "memory://tansu/"]
+               "--storage-engine", "memory://tansu/", *(["--authentication"] if self.authentication else [])]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "a+b")  # noqa: SIM115 - closed in stop()

@@ -48,10 +48,14 @@ class WorkerProcess:
                           cwd=Path(__file__).resolve().parent.parent, error=WorkerProcessError)
         self.restarts += 1
         if self.scrape_address:
-            scrape_targets.register(self.settings.home, self.target_name, self.scrape_address,
-                                    {"app": self.settings.app, "tier": self.tier, "replica": "0",
-                                     "version": self.env.get("TIERFLOW_WORKER__VERSION") or self.settings.worker.version})
+            scrape_targets.register(self.settings.home, self.target_name, self.scrape_address, self.target_labels)
         return self
+
+    @property
+    def target_labels(self) -> dict[str, str | None]:
+        """The labels Prometheus puts on this worker's series (runtime.scrape_targets)."""
+        return {"app": self.settings.app, "tier": self.tier, "replica": "0",
+                "version": self.env.get("TIERFLOW_WORKER__VERSION") or self.settings.worker.version}
 
     @property
     def target_name(self) -> str:

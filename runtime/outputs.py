@@ -20,7 +20,15 @@ from runtime import codec, deadletter
 from runtime.kafka import producer_config
 from runtime.ledger import Batch
 from runtime.metrics import WorkerMetrics, observe_many
-from runtime.ownership import Action, AnswerMemory, Pending, PendingForwards, TierClock, window_close
+from runtime.ownership import (
+    Action,
+    AnswerMemory,
+    Pending,
+    PendingForwards,
+    TierClock,
+    answer_timeout,
+    window_close,
+)
 from runtime.route import Route
 from runtime.settings import Settings
 from runtime.tracing import TierTracer
@@ -57,14 +65,14 @@ class Outputs:
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
         self._withdrawn_logged = 0.0
-        # Timed answer producers of an upper tier, (timeout ms, kind): half a grace times 1, 4, 16, 64.
-        half = max(1, self.ws.degrade_grace_ms // 2)
-        self._timed_kinds = [(half * 4 ** k, f"answers-{half * 4 ** k}") for k in range(4)]
+        # Timed answer producers of an upper tier, timeout ms -> kind: an eighth of a grace times 1, 4, 16, 64, 256.
+        eighth = max(1, self.ws.degrade_grace_ms // 8)
+        self._timed_kinds = {eighth * 4 ** k: f"answers-{eighth * 4 ** k}" for k in range(5)}
         self.tracer = TierTracer.for_worker(settings, route.tier, route.version)  # None: tracing off
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        answers = ["answers"] if self.route.is_entry else [name for _, name in self._timed_kinds]
+        answers = ["answers"] if self.route.is_entry else list(self._timed_kinds.values())
         forwards = [(self.next_bootstrap, "forwards")] if self.route.out_topic is not None else []
         for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"), *forwards}:
             self._producer(bootstrap, kind).list_topics(timeout=10)
@@ -84,20 +92,13 @@ class Outputs:
                 self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
         return self._producers[(bootstrap, kind)]
 
-    def _answer_kind(self, close_at: int, now: int) -> str:
-        """The producer for an answer. An upper tier's answer must be on the broker half a grace before the
-        tier below may answer degraded (at this tier's window close plus a grace), so the tier below has the
-        other half to see it; else it is withdrawn, never published late (`runtime.ownership`, rule 1). Its
-        producer's delivery timeout is the largest of 1, 4, 16 or 64 half-graces that still ends by then."""
+    def _answer_kind(self, close_at: int, now: int) -> str | None:
+        """The producer for an answer (its delivery timeout from `runtime.ownership.answer_timeout`), ``None``
+        if it is too late to publish: the tier below answers instead."""
         if self.route.is_entry:
             return "answers"
-        left = close_at + self.ws.degrade_grace_ms // 2 - now
-        kind = self._timed_kinds[0][1]
-        for timeout, name in self._timed_kinds[1:]:
-            if timeout > left:
-                break
-            kind = name
-        return kind
+        timeout = answer_timeout(close_at, now, self.ws.degrade_grace_ms, list(self._timed_kinds))
+        return None if timeout is None else self._timed_kinds[timeout]
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         """Serve the delivery reports of the producers with records in flight (each poll is a call into
@@ -178,8 +179,12 @@ class Outputs:
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        self._held(batch, self._answer_kind(close_at, now), self.results_topic, rid_b, body, headers, header_bytes)
+        kind = self._answer_kind(close_at, now)
         self.memory.add(rid, entry)
+        if kind is None:  # too late to be on the broker before the tier below answers: it answers instead
+            self._withdrawn("too late to publish")
+            return
+        self._held(batch, kind, self.results_topic, rid_b, body, headers, header_bytes)
         if reply_to and reply_to != self.results_topic:
             try:
                 self._send(self._reply_delivered, self._producer(self.bootstrap, "outputs"), reply_to, rid_b, body,
@@ -234,16 +239,18 @@ class Outputs:
         self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
-    def answer_overdue(self, poll_answers: Callable[[bool], None]) -> int:
+    def answer_overdue(self, barrier: Callable[[], int | None]) -> int:
         """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered here,
-        degraded, with this tier's own best prediction (``poll_answers(True)`` first takes in answers just arrived).
-        Returns how many."""
+        degraded, with this tier's own best prediction. Only forwards whose window closed before a read
+        ``barrier`` (`AnswerWatch.barrier`: every answer on the broker then has been seen) are. Returns how many."""
         due = self.pending.next_close()
         if due is None or due > self.clock.now():
             return 0
-        poll_answers(True)
+        seen_until = barrier()
+        if seen_until is None:
+            return 0
         n = 0
-        for p in self.pending.due(self.clock.now()):
+        for p in self.pending.due(seen_until):
             try:
                 self.answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
                             p.reply_to, p.received_ts, p.close_at, degraded=True)

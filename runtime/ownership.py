@@ -14,9 +14,11 @@ deadline, every tier below one ``grace`` later than the tier above it. The rule:
    is dropped and counted as expired: the tier below owns it and answers it by rule 2 or 3.
 
 Tier ``i+1`` stops publishing one grace before tier ``i`` answers degraded and its answer must be on the
-broker within half of it (else it is withdrawn, `runtime.outputs`), so tier ``i`` has seen the answer by
-then as long as an answer on the broker reaches a watching tier within half a grace (milliseconds on one cluster;
-``worker.degrade_grace_ms`` is 250 ms). Clocks: every forward carries the sender's notion of now as its
+broker within half of it (else it is withdrawn, never produced late, `runtime.outputs`); before tier ``i``
+answers degraded it passes a read barrier (`runtime.answers.AnswerWatch.barrier`: it reads APP.results up to
+the high watermarks the broker reports then), so it has seen every answer on the broker by then, however late
+its own fetches run (``worker.degrade_grace_ms`` is 250 ms). What remains assumed: a broker writes a produce
+request it received within that half grace. Clocks: every forward carries the sender's notion of now as its
 Kafka timestamp and an upper tier never lets its clock run behind what it received (`TierClock`), so a
 tier whose clock is behind its lower neighbour corrects itself; one that runs ahead only closes its window
 early (more degraded answers, never a second one). Replays after a crash are stopped by `AnswerMemory`.
@@ -42,6 +44,14 @@ class Action(enum.Enum):
 def window_close(deadline: int, index: int, n_tiers: int, grace_ms: int) -> int:
     """Epoch ms at which tier ``index`` stops publishing for a request with this deadline."""
     return deadline + grace_ms * (n_tiers - 1 - index)
+
+
+def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: list[int]) -> int | None:
+    """Rule 1 for an upper tier's answer: the largest of ``timeouts`` (delivery timeouts, ms) that still gets
+    it on the broker half a grace before the tier below may answer degraded; ``None``: too late to produce."""
+    left = close_at + grace_ms // 2 - now
+    fits = [t for t in timeouts if t <= left]
+    return max(fits) if fits else None
 
 
 def decide(now: int, deadline: int, index: int, n_tiers: int, grace_ms: int, confident: bool) -> Action:

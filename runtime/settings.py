@@ -279,7 +279,8 @@ class KubernetesSettings(BaseModel):
     # Nodes of each pool carry the label <node_label>=<tier>; tier pools may be tainted the same way.
     node_label: str = "tier"
     tolerate_tier_taint: bool = True
-    # Container env var -> key in the Kubernetes Secret `secret_name` (never literal values).
+    # Container env var -> key in the Kubernetes Secret `secret_name`, or "<secret>/<key>" in another Secret
+    # (never literal values).
     secret_name: str = "tierflow-secrets"
     secret_env: dict[str, str] = Field(default_factory=lambda: {
         "TIERFLOW_S3__ACCESS_KEY_ID": "s3-access-key-id",
@@ -287,6 +288,14 @@ class KubernetesSettings(BaseModel):
         "AWS_ACCESS_KEY_ID": "s3-access-key-id",
         "AWS_SECRET_ACCESS_KEY": "s3-secret-access-key",
     })
+    # Where the tier pods get each Kafka secret the kafka settings use: "<key>" of secret_name or
+    # "<secret>/<key>". TLS files (ssl_ca_location, ssl_certificate_location, ssl_key_location) are mounted
+    # read-only at kafka_tls_dir, passwords (sasl_password, ssl_key_password) are env by secretKeyRef.
+    # Default keys of secret_name: kafka-ssl-ca, kafka-ssl-certificate, kafka-ssl-key, kafka-sasl-password,
+    # kafka-ssl-key-password. Strimzi keeps the cluster CA and a KafkaUser's credentials in Secrets of their own.
+    kafka_secrets: dict[Literal["ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "sasl_password",
+                                "ssl_key_password"], str] = Field(default_factory=dict)
+    kafka_tls_dir: str = "/etc/tierflow/kafka-tls"
     cpu_request: str = "250m"
     memory_request: str = "512Mi"
     cpu_limit: str = "2"

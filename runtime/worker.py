@@ -109,7 +109,7 @@ class TierWorker:
                 self._publish_staged(wait=not records)  # answer, forward or drop, in consumption order
                 self._bound_unacknowledged()
                 self.answers.poll()  # answers of upper tiers resolve this tier's forwards
-                lost = self.outputs.answer_overdue(self.answers.poll)  # forwards unanswered at their close: degraded
+                lost = self.outputs.answer_overdue(self.answers.barrier)  # forwards unanswered at their close: degraded
                 if self.adaptive is not None:  # the thresholds in force follow the upstream's latency
                     self.adaptive.lost(time.monotonic(), lost)
                     self.adaptive.update(time.monotonic())
@@ -164,7 +164,7 @@ class TierWorker:
                                              self.ws.drain_timeout_s)
             while len(self.pending) and self.answers.recalled and time.monotonic() < give_up:
                 self.answers.poll(True)
-                self.outputs.answer_overdue(self.answers.poll)
+                self.outputs.answer_overdue(self.answers.barrier)
                 self.outputs.serve_deliveries(0.01)
             self.outputs.flush(30)
             self._commit(final=True)

@@ -38,25 +38,31 @@ def up(
     bundle: str = typer.Option(None, help="Bundle directory to serve on the sites (no workers without it)."),
     detach: bool = typer.Option(False, "--detach", help="Leave it up and return; `continuum down` removes it."),
 ) -> None:
-    """Lay out the sites (and serve a bundle); in the foreground until Ctrl-C, which tears everything down."""
+    """Lay out the sites (and serve a bundle); in the foreground until Ctrl-C, which tears everything down.
+    A bundle's workers are announced to the local stack's Prometheus when it runs."""
     import uuid
 
     from infra.continuum.netns import ContinuumError
     from infra.continuum.scenario import ScenarioError, load_scenario
     from infra.continuum.testbed import Testbed
-    from runtime.settings import settings_env
+    from infra.prometheus_api import Prometheus
+    from runtime.settings import get_settings, settings_env
 
     _sigterm_is_ctrl_c()
+    prometheus = get_settings().prometheus.url
+    announce = _home() if bundle and Prometheus(prometheus, timeout_s=2).ready() else None
     try:
         sc = load_scenario(scenario, profile=profile)
         run_id = uuid.uuid4().hex[:4]
-        tb = Testbed(sc, _home() / "continuum" / run_id, run_id=run_id).up()
+        tb = Testbed(sc, _home() / "continuum" / run_id, run_id=run_id, announce_home=announce).up()
     except (ContinuumError, ScenarioError) as exc:
         raise _fail(exc) from exc
     try:
         settings = tb.settings()
         if bundle:
             tb.start_workers(settings, bundle)
+            typer.echo(f"workers announced to the Prometheus at {prometheus} (app {settings.app})" if announce
+                       else f"no Prometheus at {prometheus}: workers not announced")
         for site in tb.sites.values():
             broker = f"  broker {tb.bootstrap(site.name)}" if site.name in sc.brokers else ""
             typer.echo(f"{site.name:7s} netns {site.netns:16s} {', '.join(site.ips):24s} "
@@ -117,7 +123,11 @@ def run(
     tracking_uri: str = typer.Option(None, envvar="TIERFLOW_MLFLOW__TRACKING_URI",
                                      help="MLflow tracking URI: when set, the report is logged there."),
 ) -> None:
-    """Measure distributed against cloud-only on the same links, images, bundle and cloud CPU."""
+    """Measure distributed against cloud-only on the same links, images, bundle and cloud CPU.
+
+    Per-tier answers, degraded answers and p50/p95 come from the local stack's Prometheus
+    (TIERFLOW_PROMETHEUS__URL) where it runs: the workers are announced to it through scrape bridges.
+    Without one they come from the device's own counts, and the report says so."""
     import time
 
     from rich.console import Console
@@ -127,6 +137,7 @@ def run(
     from infra.continuum.evaluation import run_evaluation
     from infra.continuum.netns import ContinuumError, require_root
     from infra.continuum.scenario import ScenarioError
+    from runtime.settings import get_settings
 
     _sigterm_is_ctrl_c()
     try:
@@ -162,7 +173,8 @@ def run(
         try:
             result = run_evaluation([s.strip() for s in scenarios.split(",") if s.strip()], bundle, out_dir, profile=profile, baseline=baseline, n_low=n_low,
                                     low_rate=low_rate, steps=[float(s) for s in steps.split(",") if s.strip()],
-                                    step_s=step_s, deadline_ms=deadline_ms, calibrate=calibrate, progress=progress)
+                                    step_s=step_s, deadline_ms=deadline_ms, calibrate=calibrate, progress=progress,
+                                    prometheus_url=get_settings().prometheus.url, announce_home=_home())
         except KeyboardInterrupt:
             console.print("interrupted: everything was torn down")
             raise typer.Exit(130) from None

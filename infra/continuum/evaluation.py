@@ -24,7 +24,10 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
                    baseline: str = "cloud-only", n_low: int = 400, low_rate: float = 20.0,
                    steps: list[float] | None = None, step_s: float = 5.0, deadline_ms: int = 2000,
                    calibrate: bool = True, tolerance: float = 1.0,
-                   progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[dict[str, Any]], None] | None = None, prometheus_url: str | None = None,
+                   announce_home: Path | None = None) -> dict[str, Any]:
+    """Every scenario and the baseline, one after the other; per-tier figures from the Prometheus at
+    prometheus_url scraping the workers announced under announce_home, where it runs (`measure.evaluate`)."""
     from ml.datasets import load_fashion_mnist
     from runtime.settings import KafkaSettings, WorkerSettings
 
@@ -55,7 +58,8 @@ def run_evaluation(scenarios: list[str], bundle: str | Path, out_dir: Path, *, p
         if progress:
             progress({"event": "scenario", "name": name, "calibrated": cal is not None})
         result = evaluate(sc, served, x, y, out_dir / f"testbed-{name}", low_rate=low_rate, low_n=n_low, steps=steps,
-                          step_s=step_s, deadline_ms=deadline_ms, progress=progress)
+                          step_s=step_s, deadline_ms=deadline_ms, progress=progress,
+                          prometheus_url=prometheus_url, announce_home=announce_home)
         answered = max(sum(result["answers"]["per_tier"].values()), 1)
         fractions = {t: n / answered for t, n in result["answers"]["per_tier"].items()}
         messaging = costs.messaging_ms(k.fetch_wait_max_ms, w.max_wait_ms, k.linger_ms)

@@ -31,7 +31,8 @@ class SiteWorker(WorkerProcess):
 
     @property
     def scrape_address(self) -> str | None:
-        """None: its /metrics answers inside the site's namespace only, out of the stack Prometheus's reach."""
+        """None: its /metrics answers inside the site's namespace only; the testbed announces it through a
+        scrape bridge instead (`Testbed.announce_home`)."""
         return None
 
     def ready(self) -> bool:

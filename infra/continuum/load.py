@@ -4,7 +4,8 @@ Runs as its own process inside the device namespace (``python -m infra.continuum
 because its Kafka clients must connect from the device's addresses across the emulated links. Settings
 come from the ``TIERFLOW_*`` environment like a worker's. Each phase sends at a fixed rate whatever
 the answers (open loop: a slow system gets a queue, not fewer requests), then waits for the answers
-to the phase's requests (at most deadline + ``drain_s``). After the last phase and ``settle_s`` of
+to the phase's requests (at most deadline + ``drain_s``), then stays quiet for the phase's ``quiet_s`` if it
+has one (so a Prometheus scrape falls between phases). After the last phase and ``settle_s`` of
 quiet, a fresh consumer reads APP.results from the beginning and counts every answer per request id
 — the client keeps only the first, so duplicates and lost answers are judged from the topic itself.
 
@@ -75,6 +76,9 @@ def run_phase(client: Any, phase: dict[str, Any], x: list[bytes], start_index: i
             rows.append(row)
     answered = sum("result" in r for r in rows)
     emit("phase_end", name=name, sent=n, answered=answered, send_seconds=round(send_s, 3))
+    if phase.get("quiet_s"):  # nothing sent for a while: a scrape sees this phase's counts and no more
+        time.sleep(float(phase["quiet_s"]))
+        emit("phase_quiet", name=name)
     return rows
 
 

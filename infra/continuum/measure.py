@@ -39,6 +39,7 @@ class Phase:
     n: int | None = None
     duration_s: float | None = None
     stop_when_saturated: bool = False
+    quiet_s: float | None = None  # nothing sent this long after the phase's answers (a scrape between phases)
 
     def spec(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -89,7 +90,7 @@ def run_load(tb: Testbed, settings: Settings, x: np.ndarray, phases: list[Phase]
                 continue
             run.events.append(ev)
             kind, name = ev.get("event"), ev.get("name")
-            if kind in ("phase_start", "phase_end"):
+            if kind in ("phase_start", "phase_end", "phase_quiet"):
                 run.marks[f"{name}:{kind.split('_')[1]}"] = {"t_ms": ev["t_ms"], "bytes": tb.link_bytes(),
                                                             "cpu": tb.cpu_seconds(),
                                                             "throttled": tb.throttled_seconds()}
@@ -199,25 +200,74 @@ def hop_breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def device_tier_figures(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per answering tier from what the device saw (sent to received): answers, degraded, p50/p95 ms."""
+    by_tier: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "result" in r:
+            by_tier.setdefault(r["result"]["tier"], []).append(r)
+    return {tier: {"answers": len(rs), "degraded": sum(bool(r["result"]["degraded"]) for r in rs),
+                   "p50_ms": float(np.percentile([r["latency_ms"] for r in rs], 50)),
+                   "p95_ms": float(np.percentile([r["latency_ms"] for r in rs], 95))}
+            for tier, rs in by_tier.items()}
+
+
+def _scraped(prom: Any, app: str, n: int, interval_s: float) -> bool:
+    """Every one of the n workers of app is a healthy target of prom (it watches the announced targets)."""
+    from runtime.scrape_targets import JOB
+
+    return len(prom.wait(f'up{{job="{JOB}",app="{app}"}} == 1', count=n, timeout_s=3 * interval_s + 15)) >= n
+
+
 def evaluate(scenario: Scenario, bundle: str | Path, x: np.ndarray, y: np.ndarray | None, work_dir: Path, *,
              low_rate: float = 20.0, low_n: int = 400, steps: list[float] | None = None, step_s: float = 5.0,
              deadline_ms: int = 2000, warmup_n: int = 100, progress: Progress | None = None,
-             worker: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Lay out ``scenario``, serve ``bundle`` on it, run the load; everything is torn down after."""
+             worker: dict[str, Any] | None = None, prometheus_url: str | None = None,
+             announce_home: Path | None = None) -> dict[str, Any]:
+    """Lay out ``scenario``, serve ``bundle`` on it, run the load; everything is torn down after.
+
+    Per-tier figures of the low load (answers, degraded, p50/p95) come from the Prometheus at
+    ``prometheus_url`` when it runs and scrapes the workers announced under ``announce_home`` (the local
+    stack's home); otherwise from the device's own counts, and ``per_tier.source`` says which and why."""
+    from infra.prometheus_api import Prometheus, PrometheusError, window_figures
+    from runtime.scrape_targets import targets_dir
+
     steps = steps if steps is not None else [50, 100, 200, 400]
     step_phases = [Phase(f"step{int(r)}", r, duration_s=step_s, stop_when_saturated=True) for r in steps]
-    phases = [Phase("warmup", min(low_rate * 2, 50), n=warmup_n), Phase("low", low_rate, n=low_n), *step_phases]
+    prom = Prometheus(prometheus_url) if prometheus_url and announce_home is not None else None
+    source = "the device's own counts: no Prometheus configured"
+    if prom is not None and not prom.ready():
+        prom, source = None, f"the device's own counts: no Prometheus answers at {prometheus_url}"
     t0 = time.monotonic()
-    with Testbed(scenario, work_dir) as tb:
+    with Testbed(scenario, work_dir, announce_home=announce_home if prom else None) as tb:
         settings = tb.settings(default_deadline_ms=deadline_ms, **(worker or {}))
         if progress:
             progress({"event": "layout", "scenario": scenario.name, "seconds": time.monotonic() - t0})
         tb.start_workers(settings, bundle)
+        quiet = None
+        if prom is not None:
+            interval = prom.scrape_interval_s()
+            if _scraped(prom, settings.app, len(tb.workers), interval):
+                quiet = interval + 1.0
+            else:
+                prom, source = None, (f"the device's own counts: the Prometheus at {prometheus_url} does not scrape "
+                                      f"the workers announced in {targets_dir(announce_home)}")
         if progress:
             progress({"event": "workers_ready", "scenario": scenario.name, "seconds": time.monotonic() - t0})
+        phases = [Phase("warmup", min(low_rate * 2, 50), n=warmup_n, quiet_s=quiet),
+                  Phase("low", low_rate, n=low_n, quiet_s=quiet), *step_phases]
         run = run_load(tb, settings, x, phases, deadline_ms=deadline_ms, entry_tier=scenario.tier_names[0],
                        progress=progress)
     low = run.phase_rows("low")
+    per_tier = device_tier_figures(low)
+    if prom is not None:
+        window = (run.marks["warmup:quiet"]["t_ms"] / 1000, run.marks["low:quiet"]["t_ms"] / 1000)
+        try:
+            per_tier = window_figures(prom, settings.app, *window)
+            source = (f"Prometheus at {prometheus_url} (the workers' counters and histograms over the low load; "
+                      "p50/p95 origin to answer published)")
+        except PrometheusError as exc:
+            source = f"the device's own counts: Prometheus query failed ({exc})"
     n_low = max(len(low), 1)
     low_bytes = delta(run, "low", "bytes")
     low_cpu = delta(run, "low", "cpu")
@@ -235,6 +285,7 @@ def evaluate(scenario: Scenario, bundle: str | Path, x: np.ndarray, y: np.ndarra
         "throttled_s_at_low_load": delta(run, "low", "throttled"),
         "saturation": saturation(run, step_phases, deadline_ms),
         "hops": hop_breakdown(low),
+        "per_tier": {"source": source, "tiers": per_tier},
         "latencies_ms": [r["latency_ms"] for r in low if "latency_ms" in r],
         "wall_s": time.monotonic() - t0,
     }

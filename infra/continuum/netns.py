@@ -151,15 +151,17 @@ class CpuGroup:
 
 # ---- processes inside a site -----------------------------------------------------------------------
 
-def site_argv(netns: str, group: CpuGroup | None, argv: list[str]) -> list[str]:
-    """argv that joins ``group`` and enters ``netns``, then execs ``argv`` (same PID all the way, so the
-    process is in its site's cgroup and namespace before its first instruction)."""
+def site_argv(netns: str | None, group: CpuGroup | None, argv: list[str]) -> list[str]:
+    """argv that joins ``group`` and enters ``netns`` (None: stays in this machine's namespace), then execs
+    ``argv`` (same PID all the way, so the process is in its site's cgroup and namespace before its first
+    instruction)."""
     procs = group.procs_files() if group is not None else []
-    script = 'for f in $TF_CGROUPS; do echo $$ > "$f"; done; exec ip netns exec "$TF_NETNS" "$@"'
-    return ["env", f"TF_CGROUPS={' '.join(procs)}", f"TF_NETNS={netns}", "sh", "-c", script, "sh", *argv]
+    enter = 'ip netns exec "$TF_NETNS" ' if netns is not None else ""
+    script = f'for f in $TF_CGROUPS; do echo $$ > "$f"; done; exec {enter}"$@"'
+    return ["env", f"TF_CGROUPS={' '.join(procs)}", f"TF_NETNS={netns or ''}", "sh", "-c", script, "sh", *argv]
 
 
-def spawn(netns: str, group: CpuGroup | None, argv: list[str], log_path: Path,
+def spawn(netns: str | None, group: CpuGroup | None, argv: list[str], log_path: Path,
           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:

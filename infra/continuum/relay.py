@@ -13,8 +13,12 @@ other site its own path delay, and the site's own clients none. A *cut* drops ev
 the cut peers (reset, not delay) and refuses new ones until *heal*: what a WAN cut does to a client,
 which then reconnects with its back-off.
 
+With ``upstream_netns`` the upstream connection is opened inside that network namespace: the testbed's
+scrape bridges use this (no delay) to put each worker's /metrics, reachable only inside its site, on a
+loopback port of this machine for a Prometheus here, without its traffic crossing the shaped links.
+
 Run in a site's namespace: ``python -m infra.continuum.relay CONFIG.json`` where the JSON holds
-``listen`` ("host:port"), ``upstream`` ("host:port"), ``delays_ms`` ({peer_ip: ms}), ``jitter_ms``
+``listen`` ("host:port"), ``upstream`` ("host:port"), optional ``upstream_netns``, ``delays_ms`` ({peer_ip: ms}), ``jitter_ms``
 ({peer_ip: ms}), ``control`` (a Unix socket path: JSON-line commands ``{"op": "cut"|"heal", "peers":
 [ip...]}``, ``{"op": "stats"}``, ``{"op": "set", "delays_ms": {...}}``, which also applies to open
 connections).
@@ -150,8 +154,26 @@ class _Connection:
     async def open_upstream(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.relay.upstream
+
+        def protocol() -> _Side:
+            return _Side(self, self.down, "bytes_down")
+
         try:
-            _, server = await loop.create_connection(lambda: _Side(self, self.down, "bytes_down"), host, port)
+            if self.relay.upstream_netns is None:
+                _, server = await loop.create_connection(protocol, host, port)
+            else:  # a socket made on a thread inside that namespace lives there
+                import socket
+
+                from infra.continuum.netns import in_netns
+
+                sock = in_netns(self.relay.upstream_netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (host, port))
+                except OSError:
+                    sock.close()
+                    raise
+                _, server = await loop.create_connection(protocol, sock=sock)
         except OSError:
             self.close()
             return
@@ -185,8 +207,8 @@ class DelayRelay:
 
     def __init__(self, listen: tuple[str, int], upstream: tuple[str, int],
                  delays_ms: Mapping[str, float] | None = None, jitter_ms: Mapping[str, float] | None = None,
-                 default_delay_ms: float = 0.0):
-        self.listen, self.upstream = listen, upstream
+                 default_delay_ms: float = 0.0, upstream_netns: str | None = None):
+        self.listen, self.upstream, self.upstream_netns = listen, upstream, upstream_netns
         self.delays_ms = dict(delays_ms or {})
         self.jitter_ms = dict(jitter_ms or {})
         self.default_delay_ms = default_delay_ms
@@ -296,6 +318,7 @@ class RelayConfig:
     control: str
     delays_ms: dict[str, float] = field(default_factory=dict)
     jitter_ms: dict[str, float] = field(default_factory=dict)
+    upstream_netns: str | None = None
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -305,7 +328,8 @@ def _hostport(text: str) -> tuple[str, int]:
 
 async def serve(cfg: RelayConfig, ready: asyncio.Event | None = None) -> None:
     """Run the relay and its control socket until SIGTERM/SIGINT."""
-    relay = await DelayRelay(_hostport(cfg.listen), _hostport(cfg.upstream), cfg.delays_ms, cfg.jitter_ms).start()
+    relay = await DelayRelay(_hostport(cfg.listen), _hostport(cfg.upstream), cfg.delays_ms, cfg.jitter_ms,
+                             upstream_netns=cfg.upstream_netns).start()
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):

@@ -17,6 +17,23 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+_DEVICE = "the device's own counts"
+
+
+def _tiers(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-tier figures of a scenario's low load (Prometheus's or the device's; older reports: the device's)."""
+    tiers = run["per_tier"]["tiers"] if "per_tier" in run else {
+        t: {"answers": n} for t, n in run["answers"]["per_tier"].items()}
+    order = list(run.get("tiers", {}))  # the scenario's tiers, entry tier first
+    return dict(sorted(tiers.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def _degraded(run: dict[str, Any]) -> int:
+    if "per_tier" in run:
+        return sum(int(f.get("degraded", 0)) for f in run["per_tier"]["tiers"].values())
+    return int(run["answers"]["degraded"])
+
+
 def table(report: dict[str, Any]) -> str:
     """Plain-text table: one column per scenario, the ratio rows against the baseline, the cost model."""
     runs = report["scenarios"]
@@ -33,8 +50,11 @@ def table(report: dict[str, Any]) -> str:
     row("saturation req/s (p99 <= deadline)", lambda r: (">=" if r["saturation"].get("lower_bound") else "")
         + _fmt(r["saturation"]["saturation_rps"], 0))
     row("accuracy", lambda r: _fmt(r["answers"]["accuracy"], 4))
-    row("answers per tier", lambda r: " ".join(f"{t}:{n}" for t, n in r["answers"]["per_tier"].items()))
-    row("degraded / lost / answered twice", lambda r: f"{r['answers']['degraded']}/{r['topic']['lost']}/"
+    row("answers per tier", lambda r: " ".join(f"{t}:{int(f.get('answers', 0))}" for t, f in _tiers(r).items()))
+    row("p50/p95 ms per answering tier", lambda r: " ".join(
+        f"{t}:{_fmt(f.get('p50_ms', math.nan), 0)}/{_fmt(f.get('p95_ms', math.nan), 0)}"
+        for t, f in _tiers(r).items() if f.get("answers")))
+    row("degraded / lost / answered twice", lambda r: f"{_degraded(r)}/{r['topic']['lost']}/"
                                                       f"{r['topic']['answered_twice']}")
     for link in next(iter(runs.values()))["bytes_per_request"]:
         row(f"bytes/request {link}", lambda r, link=link: _fmt(r["bytes_per_request"][link]["total"], 0))
@@ -44,6 +64,8 @@ def table(report: dict[str, Any]) -> str:
     colw = max(16, *(len(n) + 2 for n in names), *(len(v) + 2 for _, vs in rows for v in vs))
     lines = [" " * width + "".join(n.rjust(colw) for n in names)]
     lines += [label.ljust(width) + "".join(v.rjust(colw) for v in vs) for label, vs in rows]
+    for name in names:
+        lines.append(f"{name}: per-tier figures from {runs[name].get('per_tier', {}).get('source', _DEVICE)}")
     base = report.get("baseline")
     for name, rat in report.get("ratios", {}).items():
         lines.append(f"\n{name} / {base}:")

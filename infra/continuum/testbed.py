@@ -6,6 +6,13 @@ chain is ``10.201.i.0/24``, ``.1`` on the site nearer the device, ``.2`` on the 
 forwards, so any site reaches any other across the links in between, and a packet crosses (and is
 shaped by) every link of its path. A site's address is its address on the link towards the device.
 
+A Prometheus on this machine cannot reach the workers' /metrics inside the namespaces. With an
+``announce_home`` (the local stack's home) each worker gets a scrape bridge: a relay in this machine's
+namespace on a free loopback port whose upstream connection opens inside the worker's site, announced
+to that stack's Prometheus by file-based service discovery (`runtime.scrape_targets`, labels of the
+worker plus ``site`` and ``scenario``). Scrapes cross no emulated link, so they cost no shaped bandwidth
+and leave the link byte counts alone; the bridges' CPU is their own helper group.
+
 A site with a broker runs tansu on ``127.0.0.1:9093`` inside its namespace and the delay relay on
 ``<site address>:9092`` (the advertised listener); the relay gives each other site its path's one-way
 delay by source address and the site itself none. Bandwidth is the kernel's job: ``tbf`` on each
@@ -33,6 +40,7 @@ from infra.continuum.netns import (
     require_root,
     sh,
     spawn,
+    stop_pid,
 )
 from infra.continuum.relay import control_request
 from infra.continuum.scenario import Link, Scenario
@@ -63,7 +71,8 @@ class Testbed:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, scenario: Scenario, work_dir: Path, run_id: str | None = None):
+    def __init__(self, scenario: Scenario, work_dir: Path, run_id: str | None = None,
+                 announce_home: Path | None = None):
         self.scenario = scenario
         self.work_dir = Path(work_dir)
         self.run_id = run_id or uuid.uuid4().hex[:4]
@@ -74,6 +83,8 @@ class Testbed:
         self.helpers: dict[str, CpuGroup] = {}
         self.workers: dict[str, SiteWorker] = {}
         self.cut_links: set[str] = set()
+        self.announce_home = announce_home  # a local stack's home: its Prometheus scrapes the workers
+        self.bridges: dict[str, tuple[int, str]] = {}  # tier -> (scrape bridge pid, target name)
 
     # ---- layout ------------------------------------------------------------------------------------
 
@@ -101,7 +112,7 @@ class Testbed:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             self.sites[name] = Site(name, i, ns, ips, group)
-        for kind in ("broker", "relay", "load"):
+        for kind in ("broker", "relay", "load", "scrape"):
             self.helpers[kind] = CpuGroup(f"{self.run_id}-{kind}")
             self.ledger.add_group(self.helpers[kind])
             self.helpers[kind].create()
@@ -200,10 +211,36 @@ class Testbed:
             w.start()
             self.ledger.add_pid(w.proc.pid)
             self.workers[tier] = w
+            if self.announce_home is not None:
+                self._bridge(w, site)
         for w in self.workers.values():
             w.wait_ready(timeout_s)
         self.limit_cpu()
         return self.workers
+
+    def _bridge(self, w: SiteWorker, site: Site) -> None:
+        """Put the worker's /metrics on a loopback port here and announce it (see the module docstring)."""
+        import sys
+
+        from runtime import scrape_targets
+        from runtime.localhost import free_port
+
+        port = free_port()
+        ctl = RUN_DIR / f"{self.run_id}-scrape-{w.tier}.sock"
+        cfg = self.work_dir / f"scrape-{w.tier}.json"
+        cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "upstream": f"127.0.0.1:{w.http_port}",
+                                   "upstream_netns": site.netns, "control": str(ctl)}))
+        self.ledger.files.append(str(ctl))
+        proc = spawn(None, self.helpers["scrape"], [sys.executable, "-m", "infra.continuum.relay", str(cfg)],
+                     self.work_dir / "logs" / f"scrape-{w.tier}.log", env=_child_env())
+        self.ledger.add_pid(proc.pid)
+        self._wait(lambda: port_open("127.0.0.1", port), f"scrape bridge of the {w.tier} worker")
+        name = f"{w.settings.app}-continuum-{self.run_id}-{w.tier}"
+        path = scrape_targets.register(self.announce_home, name, f"127.0.0.1:{port}",
+                                       {**w.target_labels, "site": site.name, "scenario": self.scenario.name})
+        self.ledger.files.append(str(path))
+        self.ledger.save()
+        self.bridges[w.tier] = (proc.pid, name)
 
     def limit_cpu(self) -> None:
         """Apply each site's core quota. Workers start unlimited, because importing TensorFlow at a quarter
@@ -216,6 +253,12 @@ class Testbed:
             w.signal(15)
         for w in self.workers.values():
             w.stop(30)
+        from runtime import scrape_targets
+
+        for pid, name in self.bridges.values():  # withdrawn with their workers, not left as targets down
+            scrape_targets.unregister(self.announce_home, name)
+            stop_pid(pid)
+        self.bridges.clear()
 
     # ---- faults ------------------------------------------------------------------------------------
 

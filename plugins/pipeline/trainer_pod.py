@@ -37,10 +37,13 @@ def trainer_operator(settings: Settings, step: str, input_uri: str, result_uri: 
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    from plugins.rollout.kubernetes import dns_label, pod_env
+    from plugins.rollout.kubernetes import dns_label, kafka_tls_volume, pod_env
 
     ks, ts = settings.k8s, settings.k8s.trainer
     gpu = {"nvidia.com/gpu": str(ts.gpus)} if ts.gpus else {}
+    tls = kafka_tls_volume(settings)  # the Kafka TLS files pod_env points at, when the settings name any
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()), *([tls[0]] if tls else [])]
+    mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp"), *([tls[1]] if tls else [])]
     return KubernetesPodOperator(
         task_id=task_id,
         name=dns_label(f"{settings.app}-{step}", max_len=50),  # plus the operator's random suffix
@@ -69,8 +72,8 @@ def trainer_operator(settings: Settings, step: str, input_uri: str, result_uri: 
         container_security_context=k8s.V1SecurityContext(
             allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
             capabilities=k8s.V1Capabilities(drop=["ALL"])),
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volumes=volumes,
+        volume_mounts=mounts,
         get_logs=True,
         do_xcom_push=False,
         startup_timeout_seconds=ts.startup_timeout_s,

@@ -98,12 +98,49 @@ def public_settings_env(settings: Settings) -> dict[str, str]:
 
 
 def kafka_secret_env(settings: Settings) -> dict[str, str]:
-    """The Kafka secrets the orchestrator uses, as pod env -> key in the tier Secret (the pods then read them
-    by secretKeyRef; TIERFLOW_K8S__SECRET_ENV overrides the key names)."""
-    k = settings.kafka
-    return {env: key for env, key, value in (
-        ("TIERFLOW_KAFKA__SASL_PASSWORD", "kafka-sasl-password", k.sasl_password),
-        ("TIERFLOW_KAFKA__SSL_KEY_PASSWORD", "kafka-ssl-key-password", k.ssl_key_password)) if value is not None}
+    """The Kafka passwords the orchestrator uses, as pod env -> Secret reference (`secret_ref`; the pods read
+    them by secretKeyRef; TIERFLOW_K8S__KAFKA_SECRETS names the references, TIERFLOW_K8S__SECRET_ENV overrides)."""
+    k, refs = settings.kafka, settings.k8s.kafka_secrets
+    return {f"{ENV_PREFIX}KAFKA__{field_name.upper()}": refs.get(field_name, key)
+            for field_name, key in (("sasl_password", "kafka-sasl-password"),
+                                    ("ssl_key_password", "kafka-ssl-key-password"))
+            if getattr(k, field_name) is not None}
+
+
+def secret_ref(settings: Settings, ref: str) -> tuple[str, str]:
+    """(Secret, key) of a reference: "<key>" in the tier Secret or "<secret>/<key>" (keys have no "/")."""
+    name, _, key = ref.rpartition("/")
+    return name or settings.k8s.secret_name, key
+
+
+# Kafka TLS file setting -> (default key in the tier Secret, file name in the pods' kafka_tls_dir).
+_TLS_FILES = {"ssl_ca_location": ("kafka-ssl-ca", "ca.crt"),
+              "ssl_certificate_location": ("kafka-ssl-certificate", "tls.crt"),
+              "ssl_key_location": ("kafka-ssl-key", "tls.key")}
+
+
+def kafka_tls_files(settings: Settings) -> dict[str, tuple[str, str, str]]:
+    """The Kafka TLS files the settings name, as setting -> (Secret, key, file name in kafka_tls_dir): the
+    orchestrator's own paths mean nothing in a pod, which reads the same files from Secrets."""
+    k, ks = settings.kafka, settings.k8s
+    return {f: (*secret_ref(settings, ks.kafka_secrets.get(f, key)), name)
+            for f, (key, name) in _TLS_FILES.items() if getattr(k, f)}
+
+
+def kafka_tls_volume(settings: Settings) -> tuple[k8s.V1Volume, k8s.V1VolumeMount] | None:
+    """One projected volume of every Kafka TLS file (from one Secret or several), mounted read-only."""
+    from kubernetes.client import models as k8s
+
+    files = kafka_tls_files(settings)
+    if not files:
+        return None
+    by_secret: dict[str, list[k8s.V1KeyToPath]] = {}
+    for secret, key, name in files.values():
+        by_secret.setdefault(secret, []).append(k8s.V1KeyToPath(key=key, path=name))
+    volume = k8s.V1Volume(name="kafka-tls", projected=k8s.V1ProjectedVolumeSource(default_mode=0o440, sources=[
+        k8s.V1VolumeProjection(secret=k8s.V1SecretProjection(name=secret, items=items))
+        for secret, items in by_secret.items()]))
+    return volume, k8s.V1VolumeMount(name="kafka-tls", mount_path=settings.k8s.kafka_tls_dir, read_only=True)
 
 
 def pod_env(settings: Settings, extra: dict[str, str]) -> list[k8s.V1EnvVar]:
@@ -119,6 +156,8 @@ def pod_env(settings: Settings, extra: dict[str, str]) -> list[k8s.V1EnvVar]:
     plain = public_settings_env(settings)
     if settings.s3.endpoint_url:
         plain["MLFLOW_S3_ENDPOINT_URL"] = settings.s3.endpoint_url
+    for field_name, (_, _, file_name) in kafka_tls_files(settings).items():  # where kafka_tls_volume mounts them
+        plain[f"{ENV_PREFIX}KAFKA__{field_name.upper()}"] = f"{settings.k8s.kafka_tls_dir}/{file_name}"
     plain.update(settings.k8s.extra_env)
     plain.update(extra)
     env = [
@@ -128,8 +167,10 @@ def pod_env(settings: Settings, extra: dict[str, str]) -> list[k8s.V1EnvVar]:
             field_ref=k8s.V1ObjectFieldSelector(field_path="status.podIP"))),
     ]
     env += [k8s.V1EnvVar(name=k, value=v) for k, v in plain.items() if k not in secret_env]
-    env += [k8s.V1EnvVar(name=k, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
-        name=settings.k8s.secret_name, key=key))) for k, key in sorted(secret_env.items())]
+    for name, ref in sorted(secret_env.items()):
+        secret, key = secret_ref(settings, ref)
+        env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key))))
     return env
 
 
@@ -161,6 +202,12 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec,
 
     ks = settings.k8s
     argv = spec.worker_command()
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
+    tls = kafka_tls_volume(settings)
+    if tls is not None:
+        volumes.append(tls[0])
+        mounts.append(tls[1])
     op = KubernetesPodOperator(
         task_id=f"tier-{dns_label(spec.tier)}",
         name=deployment_name(release.app, release.version, spec.tier, site),
@@ -192,8 +239,8 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec,
             capabilities=k8s.V1Capabilities(drop=["ALL"])),
         termination_grace_period=ks.termination_grace_s,
         pod_template_file=ks.pod_template_file,
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        volumes=volumes,
+        volume_mounts=mounts,
     )
     pod = op.build_pod_request_obj(None, dry_run=True)
     container = pod.spec.containers[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import pytest
 
@@ -70,3 +71,61 @@ def test_rollout_identity_cannot_read_secrets_or_touch_other_namespaces(rollout_
         with pytest.raises(client.ApiException) as err:
             call()
         assert err.value.status == 403
+
+
+def test_rollout_pods_get_kafka_tls_files_and_sasl_password_from_secrets(k8s_settings, k8s_admin, tiny_bundle,
+                                                                         tmp_path):
+    """With Kafka SASL_SSL settings, the pod the Deployment's ReplicaSet creates in the API server carries the
+    Secret volume for the CA and the password's secretKeyRef, and no value of either. The stand-in kubelet
+    resolves secretKeyRef env but mounts no volumes, so the worker finds no CA file and says so."""
+    import time
+
+    from kubernetes import client
+    from pydantic import SecretStr
+
+    core, _ = k8s_admin
+    password = "sasl-" + uuid.uuid4().hex
+    kafka = k8s_settings.kafka.model_copy(update={
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "tierflow-tier",
+        "sasl_password": SecretStr(password), "ssl_ca_location": str(tmp_path / "orchestrator-ca.pem")})
+    k8s = k8s_settings.k8s.model_copy(update={"kafka_secrets": {"ssl_ca_location": "kafka-ca/ca.crt",
+                                                                "sasl_password": "kafka-user/password"}})
+    settings = k8s_settings.model_copy(update={"kafka": kafka, "k8s": k8s})
+    secrets = {"kafka-ca": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}, "kafka-user": {"password": password}}
+    for name, data in secrets.items():
+        core.create_namespaced_secret("tierflow", client.V1Secret(metadata=client.V1ObjectMeta(name=name),
+                                                                  string_data=data))
+    backend = KubernetesRolloutBackend(settings=settings, poll_s=0.5)
+    release = Release(app=settings.app, version="4", tiers=(TierWorkerSpec("edge", str(tiny_bundle)),))
+    try:
+        backend.start_tier(release, release.tiers[0])
+        deadline = time.monotonic() + 60
+        while not (pods := core.list_namespaced_pod("tierflow", label_selector=f"tierflow.io/app={settings.app}").items):
+            assert time.monotonic() < deadline, "the ReplicaSet created no pod"
+            time.sleep(0.5)
+        pod = pods[0]
+        (c,) = pod.spec.containers
+        env = {e.name: e for e in c.env}
+        ref = env["TIERFLOW_KAFKA__SASL_PASSWORD"].value_from.secret_key_ref
+        assert (ref.name, ref.key) == ("kafka-user", "password") and env["TIERFLOW_KAFKA__SASL_PASSWORD"].value is None
+        assert env["TIERFLOW_KAFKA__SSL_CA_LOCATION"].value == "/etc/tierflow/kafka-tls/ca.crt"
+        (volume,) = [v for v in pod.spec.volumes if v.name == "kafka-tls"]
+        (source,) = volume.projected.sources
+        assert source.secret.name == "kafka-ca" and [(i.key, i.path) for i in source.secret.items] == [("ca.crt", "ca.crt")]
+        assert any(m.name == "kafka-tls" and m.mount_path == "/etc/tierflow/kafka-tls" and m.read_only
+                   for m in c.volume_mounts)
+        assert password not in str(pod.to_dict())
+        # The stand-in kubelet started the process (secretKeyRef resolved) without mounting the volume.
+        name, log = pod.metadata.name, ""
+        while "kafka-tls/ca.crt" not in log and time.monotonic() < deadline + 60:
+            time.sleep(1)
+            try:
+                log = core.read_namespaced_pod_log(name, "tierflow")
+            except client.ApiException:
+                log = ""
+        assert "kafka-tls/ca.crt" in log, log[-2000:]
+        assert password not in log
+    finally:
+        backend.stop_tier(release.app, "4", "edge", timeout_s=60)
+        for name in secrets:
+            core.delete_namespaced_secret(name, "tierflow")

@@ -8,6 +8,7 @@ Strimzi requires of them (apiVersion, cluster label, KRaft roles).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -52,7 +53,7 @@ def validate(manifest: dict) -> None:
         pytest.fail(f"{name} is not valid Kubernetes {SCHEMA_VERSION}: {e.message} at {list(e.path)}")
 
 
-@pytest.mark.parametrize("overlay", ["testbed", "production"])
+@pytest.mark.parametrize("overlay", ["testbed", "production", "production-sasl-tls"])
 def test_overlay_renders_and_every_builtin_manifest_is_valid(overlay):
     manifests = render(overlay)
     builtin = [m for m in manifests if not m["apiVersion"].startswith(("kafka.strimzi.io/", "monitoring.coreos.com/"))]
@@ -61,7 +62,7 @@ def test_overlay_renders_and_every_builtin_manifest_is_valid(overlay):
         assert m["metadata"].get("namespace", "tierflow") == "tierflow" or m["kind"] == "Namespace"
     kinds = {m["kind"] for m in builtin}
     assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= kinds
-    if overlay == "production":
+    if overlay.startswith("production"):
         assert {"StatefulSet", "Deployment", "Service", "Job"} <= kinds  # MinIO, PostgreSQL, MLflow
 
 
@@ -149,6 +150,73 @@ def test_secret_values_never_enter_the_pod_spec():
     leaky = Release(app="fmnist", version="1", tiers=(TierWorkerSpec("edge", "/b", env={"TIERFLOW_DB_PASSWORD": "x"}),))
     with pytest.raises(ValueError, match="Kubernetes Secret"):
         tier_deployment(settings, leaky, leaky.tiers[0])
+
+
+def _deployment_text(settings: Settings, tier: str = "edge") -> tuple[dict, str]:
+    release = Release(app="fmnist", version="1", tiers=(TierWorkerSpec(tier, "/b"),))
+    dep = client.ApiClient().sanitize_for_serialization(tier_deployment(settings, release, release.tiers[0]))
+    validate(dep)
+    return dep, yaml.safe_dump(dep)
+
+
+def test_kafka_sasl_tls_overlay_gives_tier_pods_secret_refs_only(monkeypatch):
+    """The production-sasl-tls overlay's settings, as Airflow's workers see them (ConfigMap + the password from
+    their Secret): the tier pods mount the cluster CA from Strimzi's Secret and read the KafkaUser's password by
+    secretKeyRef; neither the password nor the orchestrator's CA path is in the Deployment."""
+    manifests = render("production-sasl-tls")
+    (kafka,) = [m for m in manifests if m["kind"] == "Kafka"]
+    (tls,) = [x for x in kafka["spec"]["kafka"]["listeners"] if x["name"] == "tls"]
+    assert tls["tls"] is True and tls["authentication"] == {"type": "scram-sha-512"} and tls["port"] == 9093
+    (user,) = [m for m in manifests if m["kind"] == "KafkaUser"]
+    assert user["apiVersion"] == STRIMZI and user["metadata"]["labels"]["strimzi.io/cluster"] == "tierflow"
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    (cm,) = [m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "tierflow-settings"]
+    for key in [k for k in os.environ if k.startswith("TIERFLOW_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**cm["data"], "TIERFLOW_KAFKA__SASL_PASSWORD": "sasl-hunter2"}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    assert settings.kafka.security_protocol == "SASL_SSL" and settings.kafka.bootstrap.endswith(":9093")
+    dep, text = _deployment_text(settings)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TIERFLOW_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "tierflow-tier",
+                                                                                 "key": "password"}
+    assert env["TIERFLOW_KAFKA__SASL_USERNAME"]["value"] == "tierflow-tier"
+    assert env["TIERFLOW_KAFKA__SSL_CA_LOCATION"]["value"] == "/etc/tierflow/kafka-tls/ca.crt"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+    assert volume["projected"]["sources"] == [{"secret": {"name": "tierflow-cluster-ca-cert",
+                                                          "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+    assert {"name": "kafka-tls", "mountPath": "/etc/tierflow/kafka-tls", "readOnly": True} in c["volumeMounts"]
+    assert "sasl-hunter2" not in text
+
+
+def test_mutual_tls_files_and_key_password_come_from_the_tier_secret():
+    """Defaults: CA, client certificate and key from keys of the tier Secret, mounted as files; the key's
+    password by secretKeyRef; the orchestrator's own file paths and the password stay out of the pod spec."""
+    from pydantic import SecretStr
+
+    from runtime.settings import KafkaSettings
+
+    kafka = KafkaSettings(security_protocol="SSL", ssl_ca_location="/home/airflow/kafka/ca.pem",
+                          ssl_certificate_location="/home/airflow/kafka/client.pem",
+                          ssl_key_location="/home/airflow/kafka/client.key", ssl_key_password=SecretStr("key-hunter2"))
+    dep, text = _deployment_text(Settings(_env_file=None, kafka=kafka), tier="cloud")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    for setting, name in (("CA", "ca.crt"), ("CERTIFICATE", "tls.crt"), ("KEY", "tls.key")):
+        assert env[f"TIERFLOW_KAFKA__SSL_{setting}_LOCATION"]["value"] == f"/etc/tierflow/kafka-tls/{name}"
+    assert env["TIERFLOW_KAFKA__SSL_KEY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tierflow-secrets", "key": "kafka-ssl-key-password"}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka-tls"]
+    assert volume["projected"] == {"defaultMode": 0o440, "sources": [{"secret": {"name": "tierflow-secrets", "items": [
+        {"key": "kafka-ssl-ca", "path": "ca.crt"}, {"key": "kafka-ssl-certificate", "path": "tls.crt"},
+        {"key": "kafka-ssl-key", "path": "tls.key"}]}}]}
+    assert "key-hunter2" not in text and "/home/airflow/kafka" not in text
+    plain, _ = _deployment_text(Settings(_env_file=None))
+    assert [v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]] == ["tmp"]  # no TLS, no volume
 
 
 def test_airflow_helm_values():

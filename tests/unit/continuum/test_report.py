@@ -29,3 +29,22 @@ def test_table_json_plots(tmp_path) -> None:
     assert "accuracy_points            -0.300   target >= -1.0 pt   met" in text
     assert json.loads(rep.write_json(report, tmp_path).read_text())["baseline"] == "cloud-only"
     assert all(p.stat().st_size > 1000 for p in rep.plots(report, tmp_path))
+
+
+def test_table_per_tier_figures_and_their_source() -> None:
+    dist, cloud = _result(20, 400, 100, 0.89), _result(160, 300, 1800, 0.893)
+    dist["per_tier"] = {"source": "Prometheus at http://127.0.0.1:19090 (...)",
+                        "tiers": {"edge": {"answers": 7, "degraded": 1, "p50_ms": 21.0, "p95_ms": 48.0},
+                                  "fog": {"answers": 2, "degraded": 0, "p50_ms": 40.0, "p95_ms": 90.0},
+                                  "cloud": {"tier_p50_ms": 3.0}}}
+    report = {"scenarios": {"a": dist, "cloud-only": cloud}, "baseline": "cloud-only", "profile": "default",
+              "settings": {"low_rate": 20, "deadline_ms": 2000}, "ratios": {}}
+    lines = rep.table(report).splitlines()
+    (answers,) = [x for x in lines if x.startswith("answers per tier")]
+    assert "edge:7 fog:2 cloud:0" in answers and answers.rstrip().endswith("edge:9")  # the baseline: device counts
+    (pct,) = [x for x in lines if x.startswith("p50/p95 ms per answering tier")]
+    assert "edge:21/48 fog:40/90" in pct and "cloud:" not in pct
+    (degraded,) = [x for x in lines if x.startswith("degraded / lost")]
+    assert "1/0/0" in degraded
+    assert "a: per-tier figures from Prometheus at http://127.0.0.1:19090 (...)" in lines
+    assert "cloud-only: per-tier figures from the device's own counts" in lines

@@ -133,3 +133,11 @@ def test_embedded_prometheus_config_scrapes_itself_and_the_announced_workers(tmp
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:9999"]}]
     assert jobs[scrape_targets.JOB]["file_sd_configs"][0]["files"] == [str(tmp_path / "prometheus/targets/*.json")]
     assert config["global"]["scrape_interval"] == f"{interval:g}s" and config["rule_files"] == [str(RULES)]
+
+
+def test_prometheus_durations() -> None:
+    from infra.prometheus_api import PrometheusError, duration_s
+
+    assert [duration_s(t) for t in ("5s", "1m30s", "500ms", "1h")] == [5, 90, 0.5, 3600]
+    with pytest.raises(PrometheusError):
+        duration_s("5 s")

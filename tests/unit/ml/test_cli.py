@@ -75,3 +75,17 @@ def test_a_user_factory_and_a_user_keras_file_train_calibrate_and_partition(tmp_
                                  "my_exits:build_without_cuts", "--n-train", "300"])
     assert result.exit_code == 2 and "missing cut-point layers ['cut_0']" in result.output
     assert not (tmp_path / "bad" / "model.keras").exists()
+
+
+def test_run_exits_1_when_the_model_fails_the_sanity_check(tmp_path):
+    """Labels that carry no signal: the one-go run says why the pipeline would not register the model, and
+    fails, so a script that chains it does not go on."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "noise.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (600, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, 600),
+             x_test=rng.integers(0, 255, (400, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, 400))
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "run"), "--dataset", str(data), "--epochs", "1"])
+    assert result.exit_code == 1, result.output
+    assert "sanity check failed" in result.output and "not above chance" in result.output

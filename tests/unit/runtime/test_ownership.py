@@ -6,7 +6,16 @@ import itertools
 
 import pytest
 
-from runtime.ownership import Action, AnswerMemory, Pending, PendingForwards, TierClock, decide, window_close
+from runtime.ownership import (
+    Action,
+    AnswerMemory,
+    Pending,
+    PendingForwards,
+    TierClock,
+    answer_timeout,
+    decide,
+    window_close,
+)
 
 D, G = 10_000, 250
 
@@ -79,3 +88,13 @@ def test_pending_forwards_come_due_in_time_order_and_resolve_once():
     assert pf.resolve("c").request_id == "c" and pf.resolve("c") is None
     assert [p.request_id for p in pf.due(25)] == ["b"]
     assert pf.next_close() == 30 and pf.last_close() == 30 and len(pf) == 1
+
+
+def test_an_upper_answer_gets_the_longest_timeout_that_lands_it_half_a_grace_before_the_tier_below_answers():
+    timeouts = [31, 125, 500, 2000, 8000]
+    close = 10_000  # the tier below may answer degraded at close + 250
+    assert answer_timeout(close, close - 5000, 250, timeouts) == 2000  # 5125 ms left
+    assert answer_timeout(close, close, 250, timeouts) == 125  # at its own close: 125 ms left
+    assert answer_timeout(close, close + 90, 250, timeouts) == 31  # a degraded answer given a little late
+    assert answer_timeout(close, close + 100, 250, timeouts) is None  # 25 ms left: not produced at all
+    assert answer_timeout(close, close + 400, 250, timeouts) is None
