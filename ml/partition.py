@@ -43,8 +43,9 @@ def default_tier_map(num_exits: int) -> TierMap:
 
 def parse_tier_map(text: str) -> TierMap:
     """Parse ``"edge=0;fog=1;cloud=2"`` (also ``,`` between tiers when each holds one exit, and
-    ``fog=1+2``) into an ordered tier map; ``final`` names the last exit (resolved later)."""
-    text = text.strip()
+    ``fog=1+2``) into an ordered tier map; ``final`` names the last exit (resolved later). A trailing
+    separator is allowed (``edge=0;fog=1;``), as the trigger form's pattern allows it."""
+    text = text.strip().rstrip(";,").strip()
     if not text:
         raise ValueError("empty tier map; expected e.g. 'edge=0;fog=1;cloud=2'")
     sep = ";" if ";" in text else ","

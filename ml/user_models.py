@@ -28,11 +28,13 @@ from typing import Any
 from ml.architectures import ARCHITECTURES
 
 BUILTIN, FACTORY, FILE, MLFLOW = "builtin", "factory", "file", "mlflow"
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_NAME = "[A-Za-z_][A-Za-z0-9_]*"
+_IMPORT = f"{_NAME}([.]{_NAME})*:{_NAME}"  # package.module:factory
+_IMPORT_PATH = re.compile(_IMPORT)
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 # The same forms as a JSON-schema pattern, for the pipeline's trigger form (spec_kind gives the messages).
-SPEC_PATTERN = (r"^\s*(" + "|".join(ARCHITECTURES) + r"|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*"
-                r"|.+\.keras|(models|runs):/.+)\s*$")
+# Written without backslashes: Airflow's answer to a refused value quotes it (repr would double them).
+SPEC_PATTERN = "^ *(" + "|".join(ARCHITECTURES) + f"|{_IMPORT}|.+[.]keras|(models|runs):/.+) *$"
 SPEC_HELP = (f"a built-in name {list(ARCHITECTURES)}, an import path 'package.module:factory', a .keras file "
              "(path, file: or s3:// URI) or an MLflow model URI (models:/name/version, models:/name@alias, runs:/...)")
 

@@ -191,6 +191,11 @@ class PendingForwards:
             heapq.heappop(self._closes)
         return self._closes[0][0] if self._closes else None
 
+    def started_before(self, epoch_ms: float) -> int:
+        """Forwards in flight whose request originated (or, without an origin, arrived here) before ``epoch_ms``:
+        with ``now - objective`` the misses known before their answer comes (`runtime.adaptive`)."""
+        return sum((p.origin_ts or p.received_ts) < epoch_ms for p in self._by_id.values())
+
     def last_close(self) -> int | None:
         return max((p.close_at for p in self._by_id.values()), default=None)
 

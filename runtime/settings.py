@@ -101,10 +101,12 @@ class AdaptiveSettings(BaseModel):
     quantile: float = 0.95
     window_s: float = 10.0  # outcomes of forwarded requests judged over this window
     interval_s: float = 1.0  # the operating point moves at most this often
-    max_step: int = 3  # operating points per move
+    max_step: int = 3  # operating points per move (except towards answering more on a slowdown, react_slow)
     hysteresis: float = 0.5  # return towards calibrated only with this share of the latency budget to spare
     min_samples: int = 10  # forwarded outcomes in the window needed before moving
     quiet_s: float = 30.0  # nothing forwarded for this long: calibrated again
+    react_outcomes: int = 6  # latest known outcomes of forwards (late ones in flight included) ...
+    react_slow: int = 3  # ... with this many misses: a slowdown, answered at once (no step bound, no interval)
 
     @model_validator(mode="after")
     def _check(self) -> AdaptiveSettings:
@@ -130,6 +132,9 @@ class AdaptiveSettings(BaseModel):
             problems.append(f"{p}HYSTERESIS={self.hysteresis:g}: give a fraction in [0, 1), e.g. 0.5")
         if self.min_samples < 1:
             problems.append(f"{p}MIN_SAMPLES={self.min_samples}: give a whole number >= 1")
+        if not 1 <= self.react_slow <= self.react_outcomes:
+            problems.append(f"{p}REACT_SLOW={self.react_slow} with {p}REACT_OUTCOMES={self.react_outcomes}: give a "
+                            "whole number of misses from 1 to REACT_OUTCOMES (e.g. 3 of 6)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -334,15 +339,14 @@ class StackSettings(BaseModel):
     """The embedded local stack (`tierflow stack up`): its extra listeners and timeouts.
 
     The main ports come from the service URLs above (kafka.bootstrap, s3.endpoint_url,
-    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS and Airflow open more listeners; each is a port
-    here, 0 meaning "a free loopback port chosen at start" (recorded in the stack state).
+    mlflow.tracking_uri, airflow.api_url, prometheus.url). SeaweedFS opens more listeners; each is a port here,
+    0 meaning "a free loopback port chosen at start" (recorded in the stack state). Airflow runs without its
+    log servers (infra.local.airflow_standalone), so it has no listener beyond its API server.
     """
 
     services: list[str] = Field(default_factory=lambda: ["broker", "s3", "mlflow", "airflow", "prometheus"])
     # weed mini: master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, admin, admin_grpc.
     weed_ports: dict[str, int] = Field(default_factory=dict)
-    airflow_worker_log_port: int = 0
-    airflow_trigger_log_port: int = 0
     airflow_parallelism: int = 4
     # Artifacts of the MLflow server go to s3://<s3.bucket>/<mlflow_artifacts_prefix>.
     mlflow_artifacts_prefix: str = "mlflow"

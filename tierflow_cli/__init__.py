@@ -102,15 +102,17 @@ def monitor(
 
     client = AirflowClient.from_settings(load_settings())
     try:
-        if client.paused(MONITOR_DAG):
-            if not unpause:
-                typer.echo(f"{MONITOR_DAG} is paused (as Airflow creates it): a run would stay queued. Unpause it "
-                           "with the toggle in the Airflow UI or `tierflow monitor --unpause`.", err=True)
-                raise typer.Exit(1)
+        paused = client.paused(MONITOR_DAG)
+        if paused and not unpause:
+            typer.echo(f"{MONITOR_DAG} is paused (as Airflow creates it): a run would stay queued. Unpause it "
+                       "with the toggle in the Airflow UI or `tierflow monitor --unpause`.", err=True)
+            raise typer.Exit(1)
+        # Ahead of the catch-up run that unpausing queues, which would otherwise take the new answers first.
+        run_id = client.trigger_first(MONITOR_DAG)
+        typer.echo(f"triggered {MONITOR_DAG} run {run_id}")
+        if paused:
             client.set_paused(MONITOR_DAG, False)
             typer.echo(f"{MONITOR_DAG} unpaused; it also runs every 15 minutes from now on")
-        run_id = client.trigger(MONITOR_DAG)
-        typer.echo(f"triggered {MONITOR_DAG} run {run_id}")
         run = client.wait_run(MONITOR_DAG, run_id, timeout)
         if run["state"] != "success":
             typer.echo(f"error: monitor run {run['state']}:\n{client.failure_report(MONITOR_DAG, run_id)}", err=True)
@@ -122,7 +124,8 @@ def monitor(
     stats = report["stats"]
     accuracy = "n/a" if stats["accuracy"] is None else f"{stats['accuracy']:.3f}"
     typer.echo(f"live: {stats['results']} answers, {stats['joined']} with feedback, accuracy {accuracy}, "
-               f"answers per tier {stats['tier_fractions']} (expected {report['expected']})")
+               f"answers per tier {stats['tier_fractions']} (expected {report['expected']}); "
+               f"{stats.get('canary_excluded', 0)} canary answers left out")
     if report["reasons"]:
         typer.echo("retraining (a run of the pipeline was triggered) because: " + "; ".join(report["reasons"]))
     else:

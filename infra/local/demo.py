@@ -26,12 +26,6 @@ class DemoTimings:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def earlier_than_any_schedule(now: float | None = None) -> str:
-    """A run_after (ISO 8601, UTC) two hours before now: ahead of any hourly run the scheduler queues."""
-    t = (time.time() if now is None else now) - 2 * 3600
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
-
-
 def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float = 600,
                            on_progress: Any = None) -> dict[str, Any]:
     """Run the ingest DAG once by hand and return its result (XCom: manifest_uri, version, records, ...).
@@ -45,9 +39,7 @@ def ingest_through_airflow(airflow: Any, expected_records: int, timeout_s: float
     from plugins.pipeline.airflow_rest import AirflowApiError
     from plugins.pipeline.common import INGEST_DAG
 
-    # the run id says when it was triggered (Airflow would name it after the earlier run_after)
-    run_id = airflow.trigger(INGEST_DAG, run_after=earlier_than_any_schedule(),
-                             run_id=f"manual__{time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime())}")
+    run_id = airflow.trigger_first(INGEST_DAG)
     airflow.set_paused(INGEST_DAG, False)
     run = airflow.wait_run(INGEST_DAG, run_id, timeout_s, on_progress=on_progress)
     if run["state"] != "success":
@@ -80,8 +72,15 @@ def registration_to_serving(task_instances: list[dict]) -> float | None:
     return gap
 
 
+def pipeline_conf(dataset_uri: str, epochs: int | None = None, canary_requests: int | None = None) -> dict[str, Any]:
+    """The demo's pipeline run: the DAG's own defaults but for what was asked for, so the champion it makes is
+    what a later run with the defaults on the same data reproduces (and may replace at the gate)."""
+    return {"dataset": dataset_uri, **({"epochs": epochs} if epochs is not None else {}),
+            **({"canary_requests": canary_requests} if canary_requests is not None else {})}
+
+
 def run_demo(*, train_samples: int, epochs: int | None, requests: int, rate: float, keep_running: bool,
-             canary_requests: int = 200, screenshots: str | None = None) -> dict[str, Any]:
+             canary_requests: int | None = None, screenshots: str | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
@@ -90,7 +89,6 @@ def run_demo(*, train_samples: int, epochs: int | None, requests: int, rate: flo
     from ml.datasets import load_fashion_mnist
     from plugins.pipeline.airflow_rest import AirflowClient
     from plugins.pipeline.common import INGEST_DAG, MONITOR_DAG, PIPELINE_DAG
-    from plugins.pipeline.params import PARAM_SPECS
     from runtime.client import publish_feedback, publish_training, save_plots, simulate
 
     console = Console()
@@ -125,11 +123,7 @@ def run_demo(*, train_samples: int, epochs: int | None, requests: int, rate: flo
         console.print(f"ingest: dataset {dataset_uri} ({timings.ingest_s:.0f}s)")
 
         t = time.monotonic()
-        # The pipeline's own defaults unless asked otherwise: the champion is then what a run with the
-        # defaults on the same data reproduces (and may replace at the gate).
-        conf = {"dataset": dataset_uri, **({"epochs": epochs} if epochs is not None else {})}
-        if canary_requests != PARAM_SPECS["canary_requests"][0]:
-            conf["canary_requests"] = canary_requests
+        conf = pipeline_conf(dataset_uri, epochs, canary_requests)
         airflow.set_paused(PIPELINE_DAG, False)
         run_id = airflow.trigger(PIPELINE_DAG, conf)
         console.print(f"triggered {PIPELINE_DAG} run {run_id} with {json.dumps(conf)}")

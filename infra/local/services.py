@@ -30,7 +30,6 @@ WEED_PORTS = {  # name in Settings.stack.weed_ports -> weed mini flag
     "filer": "-filer.port", "filer_grpc": "-filer.port.grpc",
     "s3_grpc": "-s3.port.grpc", "admin": "-admin.port", "admin_grpc": "-admin.port.grpc",
 }
-AIRFLOW_PORTS = ("worker_log", "trigger_log")
 # Healthy means every component a task run needs heartbeats, not only the scheduler.
 AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 REPO = Path(__file__).resolve().parents[2]
@@ -107,16 +106,9 @@ def main_ports(settings: Settings) -> dict[str, tuple[str, int]]:
     }
 
 
-def extra_port_names(name: str) -> tuple[str, ...]:
-    return tuple(WEED_PORTS) if name == "s3" else AIRFLOW_PORTS if name == "airflow" else ()
-
-
 def configured_extra_ports(name: str, settings: Settings) -> dict[str, int]:
     if name == "s3":
         return {k: settings.stack.weed_ports.get(k, 0) for k in WEED_PORTS}
-    if name == "airflow":
-        return {"worker_log": settings.stack.airflow_worker_log_port,
-                "trigger_log": settings.stack.airflow_trigger_log_port}
     return {}
 
 
@@ -208,8 +200,6 @@ def plan_airflow(settings: Settings, paths: StackPaths, ports: dict[str, int]) -
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_log"]),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_log"]),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         # Task processes talk to the API server's execution API; with one API worker on two busy cores
         # Airflow's 5 s default timed out (httpx.ReadTimeout) on the first run after start.
@@ -219,7 +209,7 @@ def plan_airflow(settings: Settings, paths: StackPaths, ports: dict[str, int]) -
     }
     # Airflow's standalone, minus its log servers, which would listen on every interface (see the module).
     argv = [venv_bin("python"), "-m", "infra.local.airflow_standalone"]
-    return ServicePlan("airflow", argv, env, url, {"main": port, **ports},
+    return ServicePlan("airflow", argv, env, url, {"main": port},
                        healthy=lambda: _airflow_healthy(url), cwd=home, hint="airflow",
                        files={passwords: json.dumps({user: settings.airflow.password.get_secret_value()})})
 

@@ -20,6 +20,23 @@ class AirflowApiError(RuntimeError):
     """The API refused a call or a run did not finish; the message carries the API's answer."""
 
 
+def earlier_than_any_schedule(now: float | None = None) -> str:
+    """A run_after (ISO 8601, UTC) two hours before now: ahead of any hourly run the scheduler queues."""
+    t = (time.time() if now is None else now) - 2 * 3600
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
+
+
+def _detail(body: bytes) -> str:
+    """The API's own words: the text of FastAPI's `detail` (e.g. Airflow's "Invalid input for param X: ..."
+    with its line breaks), else the body as it came."""
+    text = body.decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return (detail if isinstance(detail, str) else text)[:2000]
+
+
 class AirflowClient:
     def __init__(self, api_url: str, username: str, password: str, timeout_s: float = 60.0):
         self.api_url = api_url.rstrip("/")
@@ -43,8 +60,7 @@ class AirflowClient:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - configured URL
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:2000]
-            raise AirflowApiError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+            raise AirflowApiError(f"{method} {path} -> HTTP {exc.code}: {_detail(exc.read())}") from None
         return json.loads(raw) if raw else None
 
     def token(self) -> str:
@@ -85,6 +101,14 @@ class AirflowClient:
             body["dag_run_id"] = run_id
         out = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
         return out["dag_run_id"]
+
+    def trigger_first(self, dag_id: str, conf: dict | None = None) -> str:
+        """A manual run that starts ahead of the runs the scheduler queues, also of the catch-up run for the last
+        interval that unpausing a scheduled DAG queues at once: queued runs of a DAG start in run_after order,
+        one at a time (max_active_runs=1). Trigger it before unpausing; the run id says when it was triggered
+        (Airflow would name it after the earlier run_after)."""
+        return self.trigger(dag_id, conf, run_after=earlier_than_any_schedule(),
+                            run_id=f"manual__{time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime())}")
 
     def runs(self, dag_id: str, states: tuple[str, ...] = ()) -> list[dict]:
         """Runs of the DAG (the newest 100), only those in `states` if given (e.g. ("queued", "running"))."""

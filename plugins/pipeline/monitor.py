@@ -156,7 +156,9 @@ def read_window(settings: Any, *, idle_s: float = 3.0, max_s: float = 60.0) -> t
                     truths[str(value["request_id"])] = int(value["label"])
         if not assigned:
             raise RuntimeError(f"monitor got no partitions of {topics} in {max_s:.0f}s; is the broker up?")
-        pending = [r for r in results if str(r["request_id"]) not in truths][-PENDING_LIMIT:]
+        # Canary answers never get feedback: counted once (live_stats), never kept waiting for it.
+        pending = [r for r in results if str(r["request_id"]) not in truths
+                   and not str(r["request_id"]).startswith(CANARY_ID_PREFIX)][-PENDING_LIMIT:]
         answered = {str(r["request_id"]) for r in results}
         waiting = {k: v for k, v in truths.items() if k not in answered}
         state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,11 @@ OBJECTIVES = ("early", "cost")
 
 
 # What a schema can say about the two text parameters (validate() re-checks the rest: tier order, exits).
-_EXIT = r"(\d+|final|exit_\d+)"
-_TIER = rf"\s*({'|'.join(TIERS)})\s*=\s*{_EXIT}(\s*\+\s*{_EXIT})*\s*"
-TIER_MAP_PATTERN = rf"^{_TIER}([;,]{_TIER})*$"
+# Airflow's answer to a value a pattern refuses quotes the pattern in its first line ("... does not match
+# '<pattern>'"), so the patterns are written to be read there: one tier clause, no backslashes (repr
+# would double them).
+_EXIT = "([0-9]+|final|exit_[0-9]+)"
+TIER_MAP_PATTERN = rf"^( *({'|'.join(TIERS)}) *= *{_EXIT}( *[+] *{_EXIT})* *([;,]|$))+$"
 DATASET_PATTERN = r"^(|fashion-mnist|s3://[^/]+/.+|/.+|file:.+)$"
 
 
@@ -196,6 +198,10 @@ def validate(conf: dict[str, Any]) -> PipelineParams:
         ints = [e for e in flat if isinstance(e, int)]
         if any(e < 0 for e in ints) or ints != sorted(set(ints)):
             problems.append(f"tier_map={tm!r}: exits must be distinct, >= 0 and ascending from edge to cloud")
+        named = [e for e in flat if not isinstance(e, int) and not re.fullmatch(r"final|exit_\d+", str(e))]
+        if named:
+            problems.append(f"tier_map={tm!r}: unknown exit(s) {named}; an exit is a number, 'final' or 'exit_N', "
+                            "tiers are separated by ';', e.g. 'edge=0;fog=1;cloud=2'")
         if any(not ex for ex in tier_map.values()):
             problems.append(f"tier_map={tm!r}: every tier needs at least one exit")
     except (ValueError, TypeError) as exc:

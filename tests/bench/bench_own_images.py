@@ -89,12 +89,12 @@ def blind_vgg(input_shape, num_classes):
     return build_vgg(input_shape=input_shape, num_classes=num_classes, scale=0.0)
 
 
-def tierflow(*args: str) -> str:
+def tierflow(*args: str, expect: int = 0) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.run([sys.executable, "-m", "tierflow_cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tierflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    if proc.returncode != expect:
+        raise RuntimeError(f"tierflow {' '.join(args)} exited {proc.returncode}, not {expect}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
 
 
@@ -113,7 +113,7 @@ def main(work: str | None = None) -> dict:
     ev = json.loads((run / "evaluation.json").read_text())
     broken = base / "blind"
     tierflow("ml", "run", "--out", str(broken), "--dataset", str(folder), "--epochs", "1",
-             "--architecture", "tests.bench.bench_own_images:blind_vgg")
+             "--architecture", "tests.bench.bench_own_images:blind_vgg", expect=1)  # refused: exit 1
     sanity = json.loads((broken / "report.json").read_text())["sanity"]
     summary = {
         "images": 6000, "generate_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),

@@ -208,6 +208,42 @@ def test_trigger_with_the_form_defaults_works_and_wrong_values_are_refused_befor
     client._request("DELETE", f"/api/v2/dags/tierflow_pipeline/dagRuns/{run_id}")
 
 
+# A wrong value, and what the first line of Airflow's answer must show besides the parameter's name.
+WRONG_VALUES = [
+    ({"tier_map": "nonsense"}, "tier_map", "(edge|fog|cloud) *= *([0-9]+|final|exit_[0-9]+)"),
+    ({"tier_map": "edge=0 fog=1"}, "tier_map", "([;,]|$)"),
+    ({"epochs": 0}, "epochs", "less than the minimum of 1"),
+    ({"epochs": 1000}, "epochs", "greater than the maximum of 200"),
+    ({"epochs": "five"}, "epochs", "is not of type 'integer'"),
+    ({"objective": "fast"}, "objective", "is not one of ['early', 'cost']"),
+    ({"backend": "k8s"}, "backend", "is not one of ['local', 'kubernetes']"),
+    ({"confidence": "margin"}, "confidence", "is not one of ['max_softmax', 'entropy']"),
+    ({"canary_accuracy_drop": 2}, "canary_accuracy_drop", "greater than the maximum of 1"),
+    ({"architecture": "resnet"}, "architecture", "(compact|b_alexnet|vgg|"),
+    ({"dataset": "http://x"}, "dataset", "fashion-mnist|s3://"),
+]
+
+
+def test_a_wrong_value_over_rest_is_refused_with_a_first_line_naming_it_and_what_is_allowed(airflow_stack: Settings):
+    """POST /api/v2/dags/tierflow_pipeline/dagRuns with a wrong conf: HTTP 400, no run, and the first line of
+    Airflow's `detail` names the parameter, the value and what is allowed (the enum, the range, the pattern).
+    The lines after it (jsonschema's "Failed validating ... in schema", the instance) are Airflow's own."""
+    from plugins.pipeline.airflow_rest import AirflowApiError, AirflowClient
+
+    client = AirflowClient.from_settings(airflow_stack)
+    client.wait_dag("tierflow_pipeline", timeout_s=180)
+    client.set_paused("tierflow_pipeline", True)
+    before = client.runs("tierflow_pipeline")
+    for conf, name, allowed in WRONG_VALUES:
+        with pytest.raises(AirflowApiError) as err:
+            client.trigger("tierflow_pipeline", conf)
+        prefix = "POST /api/v2/dags/tierflow_pipeline/dagRuns -> HTTP 400: "
+        first = str(err.value).splitlines()[0]
+        assert first.startswith(f"{prefix}Invalid input for param {name}: {conf[name]!r} "), first
+        assert allowed in first, first
+    assert client.runs("tierflow_pipeline") == before
+
+
 def test_monitor_command_says_the_dag_is_paused_instead_of_queueing_a_run(airflow_stack: Settings):
     from plugins.pipeline.airflow_rest import AirflowClient
 
@@ -220,6 +256,50 @@ def test_monitor_command_says_the_dag_is_paused_instead_of_queueing_a_run(airflo
     assert out.returncode == 1
     assert "tierflow_monitor is paused" in out.stderr and "--unpause" in out.stderr
     assert client.runs("tierflow_monitor") == []
+
+
+def test_monitor_unpause_measures_the_new_answers_and_leaves_the_canary_out(airflow_stack: Settings):
+    """`tierflow monitor --unpause` on the answers of a release (60 live with feedback, 10 canary): its own run
+    measures them, not the catch-up run that unpausing queues; the canary is left out, counted once, and not
+    kept waiting for feedback it never gets (a second run finds nothing new)."""
+
+    from confluent_kafka import Producer
+
+    from ml.contract import CANARY_ID_PREFIX
+    from plugins.pipeline.airflow_rest import AirflowClient
+    from plugins.pipeline.monitor import read_window
+    from runtime.client import publish_feedback
+    from runtime.kafka import ensure_topics, producer_config
+
+    client = AirflowClient.from_settings(airflow_stack)
+    client.wait_dag("tierflow_monitor", timeout_s=180)
+    client.set_paused("tierflow_monitor", True)
+    # A monitor with nothing new since its last run and nothing waiting (the broker and stack home are shared
+    # with the other tests of the session): read what is there as the monitor would, forget what waits.
+    read_window(airflow_stack)
+    (airflow_stack.home / "monitor" / f"{airflow_stack.app}.json").unlink()
+    results = airflow_stack.topic("results")
+    ensure_topics(airflow_stack, [results])
+    producer = Producer(producer_config(airflow_stack))
+    answers = [(f"live-{i}", i % 10) for i in range(60)] + [(f"{CANARY_ID_PREFIX}9-ab12-{i}", 0) for i in range(10)]
+    for rid, label in answers:
+        producer.produce(results, key=rid, value=json.dumps(
+            {"request_id": rid, "label": label, "tier": "edge", "model_version": "9"}).encode())
+    assert producer.flush(30) == 0
+    publish_feedback(airflow_stack, {f"live-{i}": i % 10 for i in range(60)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+    env.update(TIERFLOW_HOME=str(airflow_stack.home), PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "tierflow_cli", "monitor"]
+    try:
+        first = subprocess.run([*cli, "--unpause"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "live: 60 answers, 60 with feedback, accuracy 1.000" in first.stdout, first.stdout
+        assert "10 canary answers left out" in first.stdout and "healthy: no retraining" in first.stdout
+        again = subprocess.run(cli, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "live: 0 answers, 0 with feedback" in again.stdout and "0 canary answers left out" in again.stdout
+    finally:
+        client.set_paused("tierflow_monitor", True)
 
 
 def test_the_first_dag_run_after_stack_up_succeeds(airflow_stack: Settings):

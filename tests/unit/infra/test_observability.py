@@ -109,6 +109,8 @@ def test_dashboard_has_a_row_per_tier_and_queries_only_exported_metrics():
                 assert f'tier="{tier}"' in target["expr"], panel["title"]
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "app"}
+    queried = {n for p in panels for t in p.get("targets", []) for n in metric_names(t["expr"])}
+    assert {"tierflow_threshold", "tierflow_operating_point"} <= queried  # what adaptive exits moved, and where
 
 
 def test_scrape_targets_are_file_sd_groups_written_whole(tmp_path):

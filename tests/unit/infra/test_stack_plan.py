@@ -7,15 +7,14 @@ import pytest
 from infra.local.process import StackError
 from infra.local.services import WEED_PORTS, StackPaths, plan_airflow, plan_mlflow, plan_s3
 from infra.local.stack import with_credentials, with_requirements, write_env_file
-from runtime.settings import AirflowSettings, MlflowSettings, S3Settings, Settings, StackSettings
+from runtime.settings import AirflowSettings, MlflowSettings, S3Settings, Settings
 
 
 def _settings(tmp_path) -> Settings:
     return with_credentials(Settings(
         _env_file=None, home=tmp_path, s3=S3Settings(endpoint_url="http://127.0.0.1:1111", bucket="bkt"),
         mlflow=MlflowSettings(tracking_uri="http://127.0.0.1:2222"),
-        airflow=AirflowSettings(api_url="http://127.0.0.1:3333"),
-        stack=StackSettings(airflow_worker_log_port=4444, airflow_trigger_log_port=5555)))
+        airflow=AirflowSettings(api_url="http://127.0.0.1:3333")))
 
 
 def test_requirements_come_first_and_unknown_services_fail():
@@ -51,15 +50,15 @@ def test_mlflow_and_airflow_plans(tmp_path):
     s = _settings(tmp_path)
     mlflow = plan_mlflow(s, StackPaths(tmp_path), {})
     assert "s3://bkt/mlflow" in mlflow.argv and mlflow.env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:1111"
-    airflow = plan_airflow(s, StackPaths(tmp_path), {"worker_log": 4444, "trigger_log": 5555})
+    airflow = plan_airflow(s, StackPaths(tmp_path), {})
     env = airflow.env
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
-    assert env["AIRFLOW__API__PORT"] == "3333" and env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "4444"
+    assert env["AIRFLOW__API__PORT"] == "3333" and airflow.ports == {"main": 3333}  # no log server ports
+    assert not any(k.endswith("_LOG_SERVER_PORT") for k in env)
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
     assert env["TIERFLOW_MLFLOW__TRACKING_URI"] == "http://127.0.0.1:2222"  # tasks find the stack
     (passwords,) = airflow.files.values()
     assert s.airflow.password.get_secret_value() in passwords
     with pytest.raises(StackError, match="password missing"):
-        plan_airflow(s.model_copy(update={"airflow": AirflowSettings(password=None)}), StackPaths(tmp_path), {
-            "worker_log": 1, "trigger_log": 2})
+        plan_airflow(s.model_copy(update={"airflow": AirflowSettings(password=None)}), StackPaths(tmp_path), {})
     assert all(s.airflow.password.get_secret_value() not in a for a in airflow.argv)

@@ -11,7 +11,7 @@ def test_gap_between_register_end_and_deploy_start():
 
 
 def test_demo_ingest_run_is_queued_ahead_of_any_hourly_run():
-    from infra.local.demo import earlier_than_any_schedule
+    from plugins.pipeline.airflow_rest import earlier_than_any_schedule
 
     # 2026-11-26T02:30:00Z: the latest hourly catch-up run has run_after 02:00; ours sorts first
     assert earlier_than_any_schedule(now=1795660200.0) == "2026-11-26T00:30:00+00:00"

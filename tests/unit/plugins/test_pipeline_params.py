@@ -130,9 +130,9 @@ def test_the_form_needs_nothing_the_defaults_lack_and_its_schema_agrees_with_val
     def schema_ok(name: str, value: str) -> bool:
         return jsonschema.Draft7Validator(PARAM_SPECS[name][1]).is_valid(value)
 
-    for good in ("edge=0;fog=1;cloud=2", "cloud=final", "edge=0,cloud=1", " edge = 0+1 ; cloud = final "):
+    for good in ("edge=0;fog=1;cloud=2", "cloud=final", "edge=0,cloud=1", " edge = 0+1 ; cloud = final ", "edge=0;cloud=1;"):
         assert schema_ok("tier_map", good) and validate({"tier_map": good})
-    for bad in ("nonsense", "edge0", "edge=0;mist=1", "edge=;cloud=1", ""):
+    for bad in ("nonsense", "edge0", "edge=0;mist=1", "edge=;cloud=1", "", "edge=0 fog=1", "edge=0;;fog=1", ";"):
         assert not schema_ok("tier_map", bad), bad
         with pytest.raises(ParamError):
             validate({"tier_map": bad})
