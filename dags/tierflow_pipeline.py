@@ -3,6 +3,10 @@
 Thin on purpose: parameters and their validation live in plugins.pipeline.params, the ML steps in
 plugins.pipeline.ml_steps (run by the ML environment's interpreter, never the scheduler's), the rollout
 in plugins.pipeline.deploy. Nothing heavy is imported when the scheduler parses this file.
+
+The ML steps run in one of two chains, chosen by the ``backend`` parameter; the other chain is skipped:
+external Python (the local ML interpreter), or pods of the trainer image on their own node pool
+(backend=kubernetes, plugins.pipeline.trainer_pod).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from plugins.pipeline.common import PIPELINE_DAG, dataset_asset, ml_python
+from plugins.pipeline.common import PIPELINE_DAG, backend_is, dataset_asset, ml_python
 from plugins.pipeline.connections import pass_connections
 from plugins.pipeline.params import PARAM_SPECS
 
@@ -51,6 +55,7 @@ def tierflow_pipeline():
 
     # The ML steps run in the ML interpreter; `pass_connections` gives it the S3, MLflow and Kafka of the
     # Airflow Connections (else the settings) as its environment, read there as the settings.
+    @task.run_if(backend_is("local"), skip_message="backend=kubernetes: the ML steps run as trainer pods")
     @task.external_python(python=ML_PYTHON, expect_airflow=False, pre_execute=pass_connections)
     def train_calibrate_partition(cfg: dict, dataset_uri: str) -> dict:
         from plugins.pipeline.ml_steps import train_calibrate_partition
@@ -73,13 +78,35 @@ def tierflow_pipeline():
 
         return register_step(trained, Settings())
 
+    # backend=kubernetes: the same steps in the trainer image's pods; their results are objects in S3.
+    @task.run_if(backend_is("kubernetes"), skip_message="backend=local: the ML steps run in external Python")
     @task
-    def deploy(cfg: dict, trained: dict, registered: dict) -> dict:
+    def train_in_pod(cfg: dict, dataset_uri: str) -> dict:
+        from plugins.pipeline.trainer_pod import run_in_current_task
+
+        return run_in_current_task("train", {"cfg": cfg, "dataset_uri": dataset_uri})
+
+    @task
+    def gate_in_pod(cfg: dict, trained: dict) -> dict:
+        from plugins.pipeline.trainer_pod import run_in_current_task
+
+        return run_in_current_task("gate", {"cfg": cfg, "trained": trained})
+
+    @task
+    def register_in_pod(trained: dict, verdict: dict) -> dict:
+        from plugins.pipeline.trainer_pod import run_in_current_task
+
+        return run_in_current_task("register", {"trained": trained, "verdict": verdict})
+
+    @task(trigger_rule="none_failed_min_one_success")  # after whichever chain ran
+    def deploy(cfg: dict, trained: dict | None, registered: dict | None, trained_in_pod: dict | None = None,
+               registered_in_pod: dict | None = None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
         from plugins.pipeline.deploy import deploy as run_deploy
         from runtime.settings import get_settings
 
+        trained, registered = trained or trained_in_pod, registered or registered_in_pod
         outcome = run_deploy(get_settings(), cfg, registered, trained["test_accuracy"],
                              canary_file=trained.get("canary_file"))
         if outcome.rolled_back:
@@ -88,9 +115,11 @@ def tierflow_pipeline():
         return outcome.as_dict()
 
     cfg = validate_params()
-    trained = train_calibrate_partition(cfg, resolve_dataset(cfg))
-    verdict = gate(cfg, trained)
-    deploy(cfg, trained, register(trained, verdict))
+    dataset_uri = resolve_dataset(cfg)
+    trained = train_calibrate_partition(cfg, dataset_uri)
+    in_pod = train_in_pod(cfg, dataset_uri)
+    deploy(cfg, trained, register(trained, gate(cfg, trained)),
+           in_pod, register_in_pod(in_pod, gate_in_pod(cfg, in_pod)))
 
 
 pipeline_dag = tierflow_pipeline()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml import contract
@@ -222,6 +223,52 @@ class TracingSettings(BaseModel):
     file: str | None = None  # exporter "file": JSON lines; "{tier}" is replaced; default $TIERFLOW_HOME/traces/
 
 
+class AutoscalingSettings(BaseModel):
+    """A KEDA ScaledObject per tier Deployment (plugins.rollout.autoscaling): the Kafka scaler on the tier's
+    consumer group and input topic adds a replica per ``lag_threshold`` records of lag, between the tier's
+    replicas (``k8s.replicas``) and ``max_replicas`` (at most ``kafka.partitions``: a consumer beyond the
+    topic's partitions gets none and idles)."""
+
+    enabled: bool = False
+    lag_threshold: int = Field(100, ge=1)  # target lag per replica
+    activation_lag_threshold: int = Field(0, ge=0)  # lag above which KEDA acts at all
+    # Per tier, e.g. {"cloud": 6}; a tier not named may grow to kafka.partitions.
+    max_replicas: dict[str, int] = Field(default_factory=dict)
+    polling_interval_s: int = Field(15, ge=1)
+    cooldown_s: int = Field(300, ge=0)
+    # TriggerAuthentication (in the tier namespace) with the broker's SASL/TLS secrets, when it needs them.
+    trigger_authentication: str | None = None
+
+
+class EdgeSite(BaseModel):
+    """One edge site of a release (a factory, a cell): its own edge Deployment, on its own nodes, consuming
+    ``APP.requests`` from its own brokers; every site forwards to the shared fog and cloud tiers."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$")  # part of Deployment names
+    bootstrap: str  # the site's bootstrap servers (its broker or listener)
+    # Labels of the site's nodes, e.g. {"site": "factory-a"}, required besides <node_label>=edge.
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainerPodSettings(BaseModel):
+    """Where the pipeline's ML steps run with backend=kubernetes (plugins.pipeline.trainer_pod): the trainer
+    image, on a node pool of its own, with its own resources; credentials only from the Secret
+    ``k8s.secret_name`` (``k8s.secret_env``), and the worker command ``k8s.command``."""
+
+    image: str = "ghcr.io/tierflow/tierflow-trainer:0.1.0"
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"tierflow.io/pool": "trainer"})
+    # e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations: list[dict[str, str]] = Field(default_factory=list)
+    cpu_request: str = "2"
+    memory_request: str = "4Gi"
+    cpu_limit: str = "4"
+    memory_limit: str = "12Gi"
+    gpus: int = Field(0, ge=0)  # nvidia.com/gpu per pod (requests = limits)
+    startup_timeout_s: int = 600  # pending (scheduling, image pull) at most this long
+    # Inputs and results of each step: s3://<s3.bucket>/<result_prefix>/<app>/<dag run>/<step>/
+    result_prefix: str = "ml-steps"
+
+
 class KubernetesSettings(BaseModel):
     """How the Kubernetes rollout backend builds tier Deployments (plugins.rollout.kubernetes)."""
 
@@ -265,6 +312,27 @@ class KubernetesSettings(BaseModel):
     max_restarts: int = 2
     # Optional KubernetesPodOperator pod template file merged under the generated pod.
     pod_template_file: str | None = None
+    # Plain env of every tierflow pod (tiers, trainer), e.g. a proxy; never secrets (see secret_env).
+    extra_env: dict[str, str] = Field(default_factory=dict)
+    # Replicas of each tier's Deployment, e.g. {"edge": 2, "cloud": 3}; a tier not named gets 1.
+    replicas: dict[str, int] = Field(default_factory=dict)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    # Edge sites: one edge Deployment per site (none: one edge Deployment on kafka.for_tier("edge")).
+    edge_sites: list[EdgeSite] = Field(default_factory=list)
+    trainer: TrainerPodSettings = Field(default_factory=TrainerPodSettings)
+
+    @model_validator(mode="after")
+    def _sites_are_distinct(self) -> KubernetesSettings:
+        names = [s.name for s in self.edge_sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"TIERFLOW_K8S__EDGE_SITES names a site twice: {names}")
+        return self
+
+    def replicas_for(self, tier: str) -> int:
+        return self.replicas.get(tier, 1)
+
+    def max_replicas_for(self, tier: str, partitions: int) -> int:
+        return self.autoscaling.max_replicas.get(tier, partitions)
 
 
 class StackSettings(BaseModel):
@@ -323,12 +391,35 @@ class Settings(BaseSettings):
     stack: StackSettings = Field(default_factory=StackSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
 
+    @model_validator(mode="after")
+    def _replicas_fit_partitions(self) -> Settings:
+        """More consumers in a group than its topic has partitions idle: say so before a rollout starts."""
+        parts, ks = self.kafka.partitions, self.k8s
+        problems = []
+        for tier, n in sorted(ks.replicas.items()):
+            if not 1 <= n <= parts:
+                problems.append(f"TIERFLOW_K8S__REPLICAS {tier}={n}: give 1 to TIERFLOW_KAFKA__PARTITIONS={parts}")
+        for tier, n in sorted(ks.autoscaling.max_replicas.items()):
+            if not ks.replicas_for(tier) <= n <= parts:
+                problems.append(f"TIERFLOW_K8S__AUTOSCALING__MAX_REPLICAS {tier}={n}: give "
+                                f"{ks.replicas_for(tier)} (the tier's replicas) to TIERFLOW_KAFKA__PARTITIONS={parts}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def topic(self, kind: str) -> str:
         """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
         return contract.topic(self.app, kind)
 
     def link_topic(self, version: str | int, src: str, dst: str) -> str:
         return contract.link_topic(self.app, version, src, dst)
+
+    def at_site(self, site: EdgeSite) -> Settings:
+        """These settings as seen at one edge site: its edge workers consume, and its devices send, on the
+        site's brokers; results, fog and cloud stay where they are."""
+        edge = contract.TIERS[0]
+        kafka = self.kafka.model_copy(update={"tier_bootstrap": {**self.kafka.tier_bootstrap, edge: site.bootstrap}})
+        return self.model_copy(update={"kafka": kafka})
 
 
 @lru_cache
@@ -352,8 +443,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             return
         elif isinstance(value, SecretStr):
             out[name] = value.get_secret_value()
-        elif isinstance(value, dict | list):
-            out[name] = json.dumps(value)
+        elif isinstance(value, dict | list):  # of plain values or models (e.g. k8s.edge_sites)
+            out[name] = json.dumps(to_jsonable_python(value))
         elif isinstance(value, bool):
             out[name] = "true" if value else "false"
         else:

@@ -130,3 +130,31 @@ def monitor(
         typer.echo("retraining (a run of the pipeline was triggered) because: " + "; ".join(report["reasons"]))
     else:
         typer.echo("healthy: no retraining")
+
+
+@app.command("ml-step")
+def ml_step(
+    step: str = typer.Argument(..., help="train, gate or register."),
+    input_uri: str = typer.Option(..., "--input", help="s3:// URI of the step's input (JSON)."),
+    output_uri: str = typer.Option(..., "--output", help="s3:// URI its result (JSON) is written to; files a later "
+                                   "step needs go next to it."),
+) -> None:
+    """Run one ML step of the pipeline where Airflow put it (the trainer pod, with backend=kubernetes)."""
+    import json
+
+    from plugins.hooks.s3 import DatasetStore, split_uri
+    from plugins.pipeline.trainer_pod import run_step
+    from runtime.settings import Settings
+
+    settings = Settings()
+    store = DatasetStore.from_settings(settings)
+    store.bucket, key = split_uri(input_uri)
+    payload = json.loads(store.get_bytes(key))
+    try:
+        result = run_step(step, payload, settings, output_uri.rsplit("/", 1)[0])
+    except Exception as exc:  # the pod's exit code fails the Airflow task; the reason is in its log
+        typer.echo(f"error: ml-step {step}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    store.bucket, key = split_uri(output_uri)
+    store.put_bytes(key, json.dumps(result).encode(), content_type="application/json")
+    typer.echo(f"ml-step {step}: result in {output_uri}")

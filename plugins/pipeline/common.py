@@ -30,3 +30,10 @@ def ml_python() -> str:
         return configured
     candidate = Path(sys.prefix) / "bin" / "python"
     return str(candidate if candidate.exists() else sys.executable)
+
+
+def backend_is(name: str):
+    """A `@task.run_if` condition: the run's ``backend`` parameter is ``name``."""
+    def condition(context) -> bool:
+        return (context["params"].get("backend") or "local") == name
+    return condition

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,14 @@ CANARY_SEED = 1  # canary samples: a seeded subset of the test split, different 
 
 
 def make_release(app: str, release: str, uris: dict[str, str], tiers: list[str], *, backend: str,
-                 http_port: int = 9100, replicas: int = 1, env: dict[str, str] | None = None) -> Release:
-    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI and extra settings ``env``;
-    local workers pick free ports."""
+                 http_port: int = 9100, replicas: Mapping[str, int] | None = None,
+                 env: dict[str, str] | None = None) -> Release:
+    """One TierWorkerSpec per tier (edge first) with its pinned models:/ URI, its replicas (1 where
+    ``replicas`` names no count) and extra settings ``env``; local workers pick free ports."""
     port = 0 if backend == "local" else http_port
     return Release(app, str(release), tuple(
-        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=replicas, env=dict(env or {}))
+        TierWorkerSpec(tier=t, model_uri=uris[t], http_port=port, replicas=(replicas or {}).get(t, 1),
+                       env=dict(env or {}))
         for t in tiers))
 
 
@@ -54,23 +56,44 @@ def canary_samples(n: int, path: str | None = None) -> tuple[np.ndarray, np.ndar
     return test.x, test.y
 
 
+def fetch_canary_file(settings: Any, uri: str) -> str:
+    """A local copy of the canary samples a trainer pod left in S3."""
+    import tempfile
+
+    from plugins.hooks.s3 import DatasetStore, split_uri
+
+    store = DatasetStore.from_settings(settings)
+    store.bucket, key = split_uri(uri)
+    with tempfile.NamedTemporaryFile(prefix="tierflow-canary-", suffix=".npz", delete=False) as f:
+        f.write(store.get_bytes(key))
+    return f.name
+
+
 def run_canary(settings: Any, release: Release, x: np.ndarray, y: np.ndarray, *, timeout_s: float = 60.0,
-               rate: float = 100.0) -> CanaryReport:
-    """Send labeled requests to APP.requests; judge the answers the new version gave (by model_version)."""
+               rate: float = 100.0, sites: Sequence[Any] = ()) -> CanaryReport:
+    """Send labeled requests to APP.requests (round robin over the edge ``sites``' brokers, when given); judge
+    the answers the new version gave (by model_version). A site whose edge answers nothing leaves its share
+    of the requests unanswered, so the canary fails for all sites."""
+    from contextlib import ExitStack
+
     from runtime.client import DeviceClient
 
     prefix = f"{CANARY_ID_PREFIX}{release.version}-{uuid.uuid4().hex[:6]}"
     ids = [f"{prefix}-{i}" for i in range(len(x))]
-    with DeviceClient(settings) as client:
+    with ExitStack() as stack:
+        clients = [stack.enter_context(DeviceClient(settings.at_site(site) if site else settings))
+                   for site in (sites or [None])]
         start = time.monotonic()
         for i, rid in enumerate(ids):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            client.send(rid, x[i], extra_headers={TRAFFIC_HEADER: CANARY})
-        client.wait_all(timeout_s)
-        answers = dict(client.answers)
-        sent_ms = dict(client.sent_ms)
+            clients[i % len(clients)].send(rid, x[i], extra_headers={TRAFFIC_HEADER: CANARY})
+        answers, sent_ms = {}, {}
+        for client in clients:
+            client.wait_all(max(1.0, timeout_s - (time.monotonic() - start)))
+            answers.update(client.answers)
+            sent_ms.update(client.sent_ms)
     by_version: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
     latencies, new_answers, new_correct, degraded, adapted = [], 0, 0, 0, 0
@@ -109,15 +132,20 @@ def deploy(settings: Any, cfg: dict[str, Any], registered: dict[str, Any], offli
     from plugins.pipeline.params import worker_env
 
     release = make_release(settings.app, registered["release"], registered["uris"], registered["tiers"],
-                           backend=cfg["backend"], http_port=settings.worker.http_port, env=worker_env(cfg))
+                           backend=cfg["backend"], http_port=settings.worker.http_port,
+                           replicas=settings.k8s.replicas if cfg["backend"] == "kubernetes" else None,
+                           env=worker_env(cfg))
     policy = CanaryPolicy(requests=cfg["canary_requests"],
                           min_accuracy=max(0.0, offline_accuracy - cfg["canary_accuracy_drop"]),
                           max_p95_latency_ms=cfg["canary_max_p95_ms"],
                           min_new_version_answers=min(10, max(1, cfg["canary_requests"] // 10)))
     canary = None
     if cfg["canary_requests"] > 0:
+        if canary_file and canary_file.startswith("s3://"):  # handed on by a trainer pod
+            canary_file = fetch_canary_file(settings, canary_file)
         x, y = canary_samples(cfg["canary_requests"], canary_file)
-        canary = lambda rel: run_canary(settings, rel, x, y)  # noqa: E731
+        sites = settings.k8s.edge_sites if cfg["backend"] == "kubernetes" else ()
+        canary = lambda rel: run_canary(settings, rel, x, y, sites=sites)  # noqa: E731
     drain_s = (settings.worker.default_deadline_ms + settings.worker.degrade_grace_ms) / 1000 + 1.0
     return rollout(
         backend, release, canary=canary, policy=policy,

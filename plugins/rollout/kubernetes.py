@@ -20,8 +20,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ml.contract import TIERS
+from plugins.rollout.autoscaling import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECTS, scaled_object
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
-from runtime.settings import ENV_PREFIX, Settings, get_settings, settings_env
+from runtime.settings import ENV_PREFIX, EdgeSite, Settings, get_settings, settings_env
 
 if TYPE_CHECKING:
     from kubernetes.client import models as k8s
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 LABEL_APP = "tierflow.io/app"
 LABEL_VERSION = "tierflow.io/version"
 LABEL_TIER = "tierflow.io/tier"
+LABEL_SITE = "tierflow.io/site"
 # Container states that never heal by waiting: fail the rollout at once.
 FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "NoCommand",
                  "CreateContainerError"}
@@ -49,12 +51,12 @@ def label_value(text: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", out) or "x"
 
 
-def deployment_name(app: str, version: str, tier: str) -> str:
-    return dns_label(f"{app}-v{version}-{tier}")
+def deployment_name(app: str, version: str, tier: str, site: EdgeSite | None = None) -> str:
+    return dns_label(f"{app}-v{version}-{tier}" + (f"-{site.name}" if site else ""))
 
 
-def tier_labels(app: str, version: str, tier: str) -> dict[str, str]:
-    return {
+def tier_labels(app: str, version: str, tier: str, site: EdgeSite | None = None) -> dict[str, str]:
+    labels = {
         "app.kubernetes.io/name": "tierflow",
         "app.kubernetes.io/component": "tier-worker",
         "app.kubernetes.io/managed-by": "tierflow-rollout",
@@ -62,6 +64,14 @@ def tier_labels(app: str, version: str, tier: str) -> dict[str, str]:
         LABEL_VERSION: label_value(str(version)),
         LABEL_TIER: label_value(tier),
     }
+    if site:
+        labels[LABEL_SITE] = label_value(site.name)
+    return labels
+
+
+def tier_sites(settings: Settings, tier: str) -> list[EdgeSite | None]:
+    """The Deployments of one tier of a release: one per edge site for the edge, else one (None)."""
+    return list(settings.k8s.edge_sites) if tier == TIERS[0] and settings.k8s.edge_sites else [None]
 
 
 # Settings sections that describe the orchestrator, not the worker: never forwarded to tier pods.
@@ -133,27 +143,23 @@ def kafka_tls_volume(settings: Settings) -> tuple[k8s.V1Volume, k8s.V1VolumeMoun
     return volume, k8s.V1VolumeMount(name="kafka-tls", mount_path=settings.k8s.kafka_tls_dir, read_only=True)
 
 
-def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec) -> list[k8s.V1EnvVar]:
-    """Pod env: runtime settings, the served version, pod IP binding; secrets only by secretKeyRef."""
+def pod_env(settings: Settings, extra: dict[str, str]) -> list[k8s.V1EnvVar]:
+    """Env of a tierflow pod: the public TIERFLOW_* settings, ``k8s.extra_env``, then ``extra``; every secret
+    only by secretKeyRef to the Secret ``k8s.secret_name``."""
     from kubernetes.client import models as k8s
 
     secret_env = {**kafka_secret_env(settings), **settings.k8s.secret_env}
-    bad = sorted(name for name in spec.env if _SECRET_LIKE.search(name) or name in secret_env)
+    bad = sorted(name for name in settings.k8s.extra_env if _SECRET_LIKE.search(name) or name in secret_env)
     if bad:
-        raise ValueError(f"TierWorkerSpec.env of tier {spec.tier!r} carries secret-like settings {bad}: put them in the "
-                         f"Kubernetes Secret {settings.k8s.secret_name!r} and map them in TIERFLOW_K8S__SECRET_ENV")
+        raise ValueError(f"TIERFLOW_K8S__EXTRA_ENV names secret-like variables {bad}: put them in the Kubernetes "
+                         f"Secret {settings.k8s.secret_name!r} and map them in TIERFLOW_K8S__SECRET_ENV")
     plain = public_settings_env(settings)
-    plain.update({
-        "TIERFLOW_APP": release.app,
-        "TIERFLOW_HOME": "/tmp/tierflow",
-        "TIERFLOW_WORKER__VERSION": str(release.version),
-        "TIERFLOW_WORKER__HTTP_HOST": "$(POD_IP)",
-    })
     if settings.s3.endpoint_url:
         plain["MLFLOW_S3_ENDPOINT_URL"] = settings.s3.endpoint_url
     for field_name, (_, _, file_name) in kafka_tls_files(settings).items():  # where kafka_tls_volume mounts them
         plain[f"{ENV_PREFIX}KAFKA__{field_name.upper()}"] = f"{settings.k8s.kafka_tls_dir}/{file_name}"
-    plain.update(spec.env)
+    plain.update(settings.k8s.extra_env)
+    plain.update(extra)
     env = [
         k8s.V1EnvVar(name="POD_NAME", value_from=k8s.V1EnvVarSource(
             field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name"))),
@@ -168,8 +174,29 @@ def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec) -> li
     return env
 
 
-def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.V1Pod:
-    """The tier pod exactly as KubernetesPodOperator builds it, plus the readiness probe on /readyz."""
+def worker_env(settings: Settings, release: Release, spec: TierWorkerSpec,
+               site: EdgeSite | None = None) -> list[k8s.V1EnvVar]:
+    """Tier pod env: runtime settings (as seen at the edge ``site``), the served version, pod IP binding;
+    secrets only by secretKeyRef."""
+    settings = settings.at_site(site) if site else settings
+    secret_env = {**kafka_secret_env(settings), **settings.k8s.secret_env}
+    bad = sorted(name for name in spec.env if _SECRET_LIKE.search(name) or name in secret_env)
+    if bad:
+        raise ValueError(f"TierWorkerSpec.env of tier {spec.tier!r} carries secret-like settings {bad}: put them in the "
+                         f"Kubernetes Secret {settings.k8s.secret_name!r} and map them in TIERFLOW_K8S__SECRET_ENV")
+    return pod_env(settings, {
+        "TIERFLOW_APP": release.app,
+        "TIERFLOW_HOME": "/tmp/tierflow",
+        "TIERFLOW_WORKER__VERSION": str(release.version),
+        "TIERFLOW_WORKER__HTTP_HOST": "$(POD_IP)",
+        **spec.env,
+    })
+
+
+def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec,
+             site: EdgeSite | None = None) -> k8s.V1Pod:
+    """The tier pod exactly as KubernetesPodOperator builds it, plus the readiness probe on /readyz; an edge
+    ``site``'s pod runs on that site's nodes against its brokers."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
@@ -183,7 +210,7 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.
         mounts.append(tls[1])
     op = KubernetesPodOperator(
         task_id=f"tier-{dns_label(spec.tier)}",
-        name=deployment_name(release.app, release.version, spec.tier),
+        name=deployment_name(release.app, release.version, spec.tier, site),
         random_name_suffix=False,
         namespace=ks.namespace,
         kubernetes_conn_id=ks.conn_id,
@@ -192,14 +219,14 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.
         image_pull_policy=ks.image_pull_policy,
         cmds=list(ks.command),
         arguments=argv[1:],
-        env_vars=worker_env(settings, release, spec),
-        labels=tier_labels(release.app, release.version, spec.tier),
+        env_vars=worker_env(settings, release, spec, site),
+        labels=tier_labels(release.app, release.version, spec.tier, site),
         annotations={"tierflow.io/model-uri": spec.model_uri},
         ports=[k8s.V1ContainerPort(name="http", container_port=spec.http_port)],
         container_resources=k8s.V1ResourceRequirements(
             requests={"cpu": ks.cpu_request, "memory": ks.memory_request},
             limits={"cpu": ks.cpu_limit, "memory": ks.memory_limit}),
-        node_selector={ks.node_label: spec.tier},
+        node_selector={ks.node_label: spec.tier, **(site.node_selector if site else {})},
         tolerations=[k8s.V1Toleration(key=ks.node_label, operator="Equal", value=spec.tier,
                                       effect="NoSchedule")] if ks.tolerate_tier_taint else None,
         service_account_name=ks.service_account,
@@ -227,14 +254,15 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.
     return pod
 
 
-def tier_deployment(settings: Settings, release: Release, spec: TierWorkerSpec) -> k8s.V1Deployment:
-    """A Deployment per (app, version, tier) whose pod template is the operator's pod."""
+def tier_deployment(settings: Settings, release: Release, spec: TierWorkerSpec,
+                    site: EdgeSite | None = None) -> k8s.V1Deployment:
+    """A Deployment per (app, version, tier[, edge site]) whose pod template is the operator's pod."""
     from kubernetes.client import models as k8s
 
-    pod = tier_pod(settings, release, spec)
+    pod = tier_pod(settings, release, spec, site)
     pod.spec.restart_policy = "Always"  # long-lived workers: the Deployment restarts them
-    selector = tier_labels(release.app, release.version, spec.tier)
-    name = deployment_name(release.app, release.version, spec.tier)
+    selector = tier_labels(release.app, release.version, spec.tier, site)
+    name = deployment_name(release.app, release.version, spec.tier, site)
     return k8s.V1Deployment(
         api_version="apps/v1", kind="Deployment",
         metadata=k8s.V1ObjectMeta(name=name, namespace=settings.k8s.namespace, labels=selector,
@@ -305,21 +333,52 @@ class KubernetesRolloutBackend(RolloutBackend):
     def core(self) -> Any:
         return self._hook().core_v1_client
 
+    @cached_property
+    def custom(self) -> Any:
+        return self._hook().custom_object_client
+
     def start_tier(self, release: Release, spec: TierWorkerSpec) -> None:
+        for site in tier_sites(self.settings, spec.tier):
+            self._start_deployment(release, spec, site)
+
+    def _start_deployment(self, release: Release, spec: TierWorkerSpec, site: EdgeSite | None) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        body = tier_deployment(self.settings, release, spec)
+        body = tier_deployment(self.settings, release, spec, site)
         name = body.metadata.name
         try:
             self.apps.create_namespaced_deployment(self.namespace, body)
-            log.info("created Deployment %s/%s (image %s, node %s=%s)", self.namespace, name,
-                     self.settings.k8s.image, self.settings.k8s.node_label, spec.tier)
+            log.info("created Deployment %s/%s (image %s, nodes %s)", self.namespace, name,
+                     self.settings.k8s.image, body.spec.template.spec.node_selector)
         except ApiException as e:
             if e.status != 409:
                 raise RolloutError(f"cannot create Deployment {self.namespace}/{name}: {e.status} {e.reason}: "
                                    f"{e.body}") from e
             self.apps.replace_namespaced_deployment(name, self.namespace, body)
             log.info("replaced Deployment %s/%s", self.namespace, name)
+        if self.settings.k8s.autoscaling.enabled:
+            self._apply_scaled_object(scaled_object(self.settings, release, spec, name=name,
+                                                    labels=body.metadata.labels,
+                                                    bootstrap=site.bootstrap if site else None))
+
+    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
+        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, SCALED_OBJECTS)
+        try:
+            self.custom.create_namespaced_custom_object(*args, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise RolloutError(f"cannot create ScaledObject {self.namespace}/{name} (is KEDA installed?): "
+                                   f"{e.status} {e.reason}: {e.body}") from e
+            current = self.custom.get_namespaced_custom_object(*args, name)
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            self.custom.replace_namespaced_custom_object(*args, name, body)
+        spec = body["spec"]
+        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, name,
+                 spec["minReplicaCount"], spec["maxReplicaCount"], spec["triggers"][0]["metadata"]["consumerGroup"],
+                 spec["triggers"][0]["metadata"]["topic"])
 
     def _pods(self, selector: dict[str, str]) -> list[Any]:
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
@@ -344,9 +403,15 @@ class KubernetesRolloutBackend(RolloutBackend):
             self._log_lines[key] = max(seen, len(lines))
 
     def wait_ready(self, release: Release, spec: TierWorkerSpec, timeout_s: float) -> None:
-        name = deployment_name(release.app, release.version, spec.tier)
-        selector = tier_labels(release.app, release.version, spec.tier)
         deadline = time.monotonic() + timeout_s
+        for site in tier_sites(self.settings, spec.tier):  # every edge site, within the one timeout
+            self._wait_deployment(release, spec, site, deadline, timeout_s)
+
+    def _wait_deployment(self, release: Release, spec: TierWorkerSpec, site: EdgeSite | None, deadline: float,
+                         timeout_s: float) -> None:
+        name = deployment_name(release.app, release.version, spec.tier, site)
+        selector = tier_labels(release.app, release.version, spec.tier, site)
+        where = f" at site {site.name}" if site else ""
         state, why = "progressing", "not looked yet"
         while True:
             dep = self.apps.read_namespaced_deployment(name, self.namespace)
@@ -360,7 +425,7 @@ class KubernetesRolloutBackend(RolloutBackend):
             if state == "failed" or time.monotonic() > deadline:
                 if state != "failed":
                     why = f"not ready after {timeout_s:.0f}s ({why})"
-                text = (f"tier {spec.tier} of {release.app} v{release.version} did not become ready: "
+                text = (f"tier {spec.tier}{where} of {release.app} v{release.version} did not become ready: "
                         f"{why}\n{self.describe(name, selector)}")
                 log.error("%s", text)
                 raise RolloutError(text)
@@ -394,24 +459,34 @@ class KubernetesRolloutBackend(RolloutBackend):
         return "\n".join(out)
 
     def stop_tier(self, app: str, version: str, tier: str, timeout_s: float) -> None:
+        """Stops every Deployment of the tier (all edge sites, also sites no longer in the settings)."""
         from kubernetes.client import models as k8s
         from kubernetes.client.exceptions import ApiException
 
-        name = deployment_name(app, version, tier)
-        try:
-            self.apps.delete_namespaced_deployment(
-                name, self.namespace, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
-        except ApiException as e:
-            if e.status != 404:
-                raise
         selector = tier_labels(app, version, tier)
+        sel = ",".join(f"{k}={v}" for k, v in selector.items())
+        names = [d.metadata.name for d in self.apps.list_namespaced_deployment(self.namespace, label_selector=sel).items]
+        for name in names:
+            if self.settings.k8s.autoscaling.enabled:  # first, so KEDA stops scaling what is being removed
+                try:
+                    self.custom.delete_namespaced_custom_object(KEDA_GROUP, KEDA_VERSION, self.namespace,
+                                                                SCALED_OBJECTS, name)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+            try:
+                self.apps.delete_namespaced_deployment(
+                    name, self.namespace, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
+            except ApiException as e:
+                if e.status != 404:
+                    raise
         deadline = time.monotonic() + timeout_s
         while pods := self._pods(selector):
             if time.monotonic() > deadline:
-                raise RolloutError(f"pods of {name} still running after {timeout_s:.0f}s: "
+                raise RolloutError(f"pods of {names} still running after {timeout_s:.0f}s: "
                                    f"{[p.metadata.name for p in pods]}")
             time.sleep(self.poll_s)
-        log.info("stopped Deployment %s/%s (pods got SIGTERM and exited)", self.namespace, name)
+        log.info("stopped Deployments %s in %s (pods got SIGTERM and exited)", names, self.namespace)
 
     def running(self, app: str) -> dict[str, list[str]]:
         deps = self.apps.list_namespaced_deployment(
@@ -420,7 +495,9 @@ class KubernetesRolloutBackend(RolloutBackend):
         for d in deps:
             if d.metadata.deletion_timestamp:
                 continue
-            out.setdefault(d.metadata.labels[LABEL_VERSION], []).append(d.metadata.labels[LABEL_TIER])
+            tiers = out.setdefault(d.metadata.labels[LABEL_VERSION], [])
+            if d.metadata.labels[LABEL_TIER] not in tiers:  # one entry for all of a tier's edge sites
+                tiers.append(d.metadata.labels[LABEL_TIER])
         rank = {t: i for i, t in enumerate(TIERS)}
         return {v: sorted(ts, key=lambda t: rank.get(t, len(rank))) for v, ts in out.items()}
 

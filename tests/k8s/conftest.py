@@ -12,6 +12,7 @@ with the token of its least-privilege ServiceAccount `tierflow-rollout`, not as 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -26,8 +27,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "infra" / "k8s" / "overlays" / "testbed"
+# The rollout gives every tier Deployment a KEDA ScaledObject: the API needs KEDA's CRD (no operator runs).
+KEDA_CRD = Path(__file__).resolve().parent / "crds" / "keda.sh_scaledobjects.yaml"
 NAMESPACE = "tierflow"
-NODES = "edge-1:tier=edge fog-1:tier=fog cloud-1:tier=cloud"
+# Two edge nodes, one per edge site (tests of a release spanning sites), tier pools for the rest, and the
+# trainer's pool (KubernetesSettings.trainer.node_selector).
+NODES = ("edge-1:tier=edge,site=factory-a edge-2:tier=edge,site=factory-b fog-1:tier=fog cloud-1:tier=cloud "
+         "trainer-1:tierflow.io/pool=trainer")
 # Machine-specific values the testbed overlay cannot know: where this checkout and its venv live.
 TIERFLOW_BIN = str(Path(sys.executable).parent / "tierflow")
 
@@ -80,7 +86,13 @@ def k8s_admin_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 @pytest.fixture(scope="session")
 def k8s_overlay_settings(k8s_admin_kubeconfig: str) -> dict[str, str]:
-    """Applies the testbed overlay and the tier Secret; returns the overlay's TIERFLOW_* settings."""
+    """Applies KEDA's ScaledObject CRD, the testbed overlay and the tier Secret; returns the overlay's
+    TIERFLOW_* settings."""
+    # the 1.20 API server predates the CRD's CEL rule (x-kubernetes-validations): kubectl's client-side check
+    # would refuse it, the server drops it
+    kubectl("apply", "--validate=false", "-f", str(KEDA_CRD), kubeconfig=k8s_admin_kubeconfig)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh",
+            kubeconfig=k8s_admin_kubeconfig)
     kubectl("apply", "-k", str(OVERLAY), kubeconfig=k8s_admin_kubeconfig)
     from kubernetes import client, config
 
@@ -134,6 +146,8 @@ def k8s_settings(k8s_overlay_settings: dict, rollout_kubeconfig: str, kafka_boot
         "TIERFLOW_APP": f"k{uuid.uuid4().hex[:8]}",
         "TIERFLOW_HOME": str(tmp_path),
         "TIERFLOW_K8S__COMMAND": f'["{TIERFLOW_BIN}"]',
+        # pods are processes of the venv, which may hold another checkout: run this one's code
+        "TIERFLOW_K8S__EXTRA_ENV": json.dumps({"PYTHONPATH": str(ROOT)}),
         "TIERFLOW_K8S__POD_TEMPLATE_FILE": str(ROOT / env["TIERFLOW_K8S__POD_TEMPLATE_FILE"]),
         "TIERFLOW_K8S__KUBE_CONFIG_PATH": rollout_kubeconfig,
         "TIERFLOW_KAFKA__BOOTSTRAP": kafka_bootstrap,

@@ -1,9 +1,9 @@
 """Every manifest we ship, validated offline against the Kubernetes 1.29 schema in strict mode.
 
-Rendering uses `kubectl kustomize` (kustomize built into kubectl). Strimzi's Kafka/KafkaNodePool/KafkaTopic
-are custom resources with no schema in kubernetes-validate: they are checked here against what Strimzi
-requires of them (apiVersion, cluster label, topic names of the data-plane contract), not against
-Strimzi's CRD schema, which is not available offline.
+Rendering uses `kubectl kustomize` (kustomize built into kubectl). Custom resources have no schema in
+kubernetes-validate: KafkaTopics and the tiers' KEDA ScaledObjects are validated strictly against the CRD
+schemas vendored in tests/k8s/crds (crd_schema.py); Strimzi's Kafka/KafkaNodePool are checked against what
+Strimzi requires of them (apiVersion, cluster label, KRaft roles).
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ import pytest
 import yaml
 from kubernetes import client
 
+from plugins.pipeline.deploy import make_release
+from plugins.rollout.autoscaling import scaled_object, scaling_problems
 from plugins.rollout.base import Release, TierWorkerSpec
-from plugins.rollout.kubernetes import tier_deployment
-from runtime.settings import KubernetesSettings, Settings
+from plugins.rollout.kubernetes import deployment_name, tier_deployment, tier_labels
+from runtime.route import plan_route
+from runtime.settings import AutoscalingSettings, KafkaSettings, KubernetesSettings, Settings
+from tests.k8s.crd_schema import crd_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
@@ -33,10 +37,10 @@ PROMETHEUS_RULE = K8S / "monitoring" / "prometheusrule.yaml"
 CONTRACT_TOPICS = ("requests", "results", "dlq", "training", "feedback")
 
 
-def render(overlay: str) -> list[dict]:
+def render(overlay: str, k8s_dir: Path = K8S) -> list[dict]:
     exe = shutil.which("kubectl")
     assert exe, "kubectl (with built-in kustomize) is needed to render infra/k8s overlays"
-    out = subprocess.run([exe, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    out = subprocess.run([exe, "kustomize", str(k8s_dir / "overlays" / overlay)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [m for m in yaml.safe_load_all(out.stdout) if m]
 
@@ -275,3 +279,148 @@ def test_production_monitors_the_tier_pods_with_the_embedded_stacks_rules():
         (source,) = relabel[target]["sourceLabels"]
         pod_label = re.sub(r"[^a-zA-Z0-9_]", "_", f"tierflow.io/{target}")
         assert source == f"__meta_kubernetes_pod_label_{pod_label}" and f"tierflow.io/{target}" in pod_labels
+
+
+# -- tier replicas and autoscaling ----------------------------------------------------------------------
+def overlay_settings(manifests: list[dict], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings Airflow's tasks get from the overlay's ConfigMap tierflow-settings (envFrom)."""
+    import os
+
+    (cm,) = [m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "tierflow-settings"]
+    for key in [k for k in os.environ if k.startswith("TIERFLOW_")]:
+        monkeypatch.delenv(key)
+    for key, value in cm["data"].items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)
+
+
+def topic_partitions(manifests: list[dict]) -> dict[str, int]:
+    return {m["spec"]["topicName"]: m["spec"]["partitions"] for m in manifests if m["kind"] == "KafkaTopic"}
+
+
+def release_scaled_objects(settings: Settings, version: str = "1") -> list[dict]:
+    """What the Kubernetes rollout creates beside each tier Deployment of a release."""
+    tiers = ["edge", "fog", "cloud"]
+    release = make_release(settings.app, version, {t: f"models:/fmnist-{t}/{version}" for t in tiers}, tiers,
+                           backend="kubernetes", replicas=settings.k8s.replicas)
+    return [scaled_object(settings, release, spec, name=deployment_name(release.app, version, spec.tier),
+                          labels=tier_labels(release.app, version, spec.tier)) for spec in release.tiers]
+
+
+def test_production_kafka_topics_are_valid_strimzi_kafkatopics():
+    topics = [m for m in render("production") if m["kind"] == "KafkaTopic"]
+    assert len(topics) >= 7
+    for topic in topics:
+        assert crd_problems(topic) == [], topic["metadata"]["name"]
+
+
+def test_production_tier_scaled_objects_are_valid_and_capped_by_their_topics_partitions(monkeypatch):
+    manifests = render("production")
+    settings = overlay_settings(manifests, monkeypatch)
+    assert settings.k8s.autoscaling.enabled and settings.k8s.replicas
+    scaled = release_scaled_objects(settings)
+    partitions = topic_partitions(manifests)
+    for so in scaled:
+        assert crd_problems(so) == [], so["metadata"]["name"]
+        tier = so["metadata"]["labels"]["tierflow.io/tier"]
+        route = plan_route(settings, tier, "1", ["edge", "fog", "cloud"])
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        assert trigger["metadata"]["consumerGroup"] == route.group_id and trigger["metadata"]["topic"] == route.in_topic
+        assert trigger["metadata"]["lagThreshold"] == str(settings.k8s.autoscaling.lag_threshold)
+        assert so["spec"]["scaleTargetRef"]["name"] == deployment_name("fmnist", "1", tier)
+        assert so["spec"]["minReplicaCount"] == settings.k8s.replicas_for(tier)
+        assert so["spec"]["maxReplicaCount"] == partitions[route.in_topic] == settings.kafka.partitions
+    assert scaling_problems(scaled, partitions) == []
+
+
+def test_consumed_topics_take_their_partitions_from_the_one_setting(tmp_path, monkeypatch):
+    """Change TIERFLOW_KAFKA__PARTITIONS in a copy of the production overlay: every topic a tier consumes
+    follows, the others keep theirs, and the ScaledObjects' cap moves with it."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    kustomization = copy / "overlays" / "production" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert "TIERFLOW_KAFKA__PARTITIONS=12" in text
+    kustomization.write_text(text.replace("TIERFLOW_KAFKA__PARTITIONS=12", "TIERFLOW_KAFKA__PARTITIONS=5"))
+    before, after = topic_partitions(render("production")), topic_partitions(render("production", copy))
+    consumed = {m["spec"]["topicName"] for m in render("production", copy)
+                if m["kind"] == "KafkaTopic" and m["metadata"]["labels"].get("tierflow.io/consumed-by") == "tier"}
+    assert {"fmnist.requests", "fmnist.v1.edge-fog", "fmnist.v1.fog-cloud"} == consumed
+    assert all(after[t] == 5 for t in consumed)
+    assert {t: n for t, n in after.items() if t not in consumed} == {t: n for t, n in before.items() if t not in consumed}
+    settings = overlay_settings(render("production", copy), monkeypatch)
+    assert {so["spec"]["maxReplicaCount"] for so in release_scaled_objects(settings)} == {5}
+
+
+def test_a_cap_above_the_partitions_or_an_unknown_field_fails(monkeypatch):
+    manifests = render("production")
+    settings = overlay_settings(manifests, monkeypatch)
+    partitions = topic_partitions(manifests)
+    good = release_scaled_objects(settings)
+    too_many = yaml.safe_load(yaml.safe_dump(good))
+    too_many[1]["spec"]["maxReplicaCount"] = partitions["fmnist.v1.edge-fog"] + 1
+    (problem,) = scaling_problems(too_many, partitions)
+    assert "maxReplicaCount 13 > 12 partitions of fmnist.v1.edge-fog" in problem
+    assert scaling_problems(good, {**partitions, "fmnist.requests": 3})  # a topic with fewer partitions
+    misspelt = {**good[0], "spec": {**good[0]["spec"], "maxReplicas": 4}}
+    assert any("maxReplicas" in p for p in crd_problems(misspelt))
+    trigger = {**good[0]["spec"]["triggers"][0]}
+    trigger["metadata"] = {**trigger["metadata"], "lagTreshold": "5"}
+    assert any("lagTreshold" in p for p in crd_problems({**good[0], "spec": {**good[0]["spec"], "triggers": [trigger]}}))
+    inverted = {**good[0], "spec": {**good[0]["spec"], "minReplicaCount": 9, "maxReplicaCount": 2}}
+    assert crd_problems(inverted) and scaling_problems([inverted], partitions)
+    topic = next(m for m in manifests if m["kind"] == "KafkaTopic")
+    assert any("partition" in p for p in crd_problems({**topic, "spec": {**topic["spec"], "partition": 3}}))
+    assert any("partitions" in p for p in crd_problems({**topic, "spec": {**topic["spec"], "partitions": "3"}}))
+    assert any("metadata" in p for p in crd_problems({**topic, "metadata": {**topic["metadata"], "lables": {}}}))
+
+
+def test_scaled_object_takes_the_tiers_replica_range_and_input():
+    ok = Settings(_env_file=None, kafka=KafkaSettings(partitions=6), k8s=KubernetesSettings(
+        replicas={"cloud": 2}, autoscaling=AutoscalingSettings(enabled=True, max_replicas={"cloud": 4})))
+    spec = TierWorkerSpec("cloud", "models:/fmnist-cloud/2", replicas=2)
+    release = Release("fmnist", "2", (TierWorkerSpec("edge", "e"), TierWorkerSpec("fog", "f"), spec))
+    so = scaled_object(ok, release, spec, name="x", labels={})
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 4)
+    assert so["spec"]["triggers"][0]["metadata"]["topic"] == "fmnist.v2.fog-cloud"
+
+
+def test_backend_deployment_gets_the_tiers_replicas():
+    settings = Settings(_env_file=None, k8s=KubernetesSettings(replicas={"cloud": 3}))
+    release = make_release("fmnist", "4", {t: f"models:/fmnist-{t}/4" for t in ("edge", "fog", "cloud")},
+                           ["edge", "fog", "cloud"], backend="kubernetes", replicas=settings.k8s.replicas)
+    assert [tier_deployment(settings, release, s).spec.replicas for s in release.tiers] == [1, 1, 3]
+
+
+# -- the trainer pod (backend=kubernetes) ------------------------------------------------------------------
+def test_trainer_pod_is_valid_on_its_pool_with_gpu_and_secrets_only_by_reference():
+    from pydantic import SecretStr
+
+    from plugins.pipeline.trainer_pod import trainer_operator
+    from runtime.settings import S3Settings, TrainerPodSettings
+
+    trainer = TrainerPodSettings(node_selector={"tierflow.io/pool": "gpu"}, gpus=1, tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    settings = Settings(_env_file=None, app="fmnist", k8s=KubernetesSettings(trainer=trainer),
+                        s3=S3Settings(access_key_id="AK", secret_access_key=SecretStr("hunter2")))
+    op = trainer_operator(settings, "train", "s3://tierflow/ml-steps/i.json", "s3://tierflow/ml-steps/r.json",
+                          task_id="train-pod")
+    pod = client.ApiClient().sanitize_for_serialization(op.build_pod_request_obj(None, dry_run=True))
+    validate(pod)
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert c["image"] == trainer.image and c["command"] + c["args"] == [
+        "tierflow", "ml-step", "train", "--input", "s3://tierflow/ml-steps/i.json",
+        "--output", "s3://tierflow/ml-steps/r.json"]
+    assert spec["nodeSelector"] == {"tierflow.io/pool": "gpu"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" == c["resources"]["requests"]["nvidia.com/gpu"]
+    assert spec["restartPolicy"] == "Never" and spec["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in c["env"]}
+    for name in settings.k8s.secret_env:
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "tierflow-secrets"
+    assert "hunter2" not in yaml.safe_dump(pod)
+    assert env["TIERFLOW_MLFLOW__TRACKING_URI"]["value"] == settings.mlflow.tracking_uri
+    cpu_only = trainer_operator(Settings(_env_file=None), "gate", "s3://b/i", "s3://b/r", task_id="g")
+    assert "nvidia.com/gpu" not in (cpu_only.build_pod_request_obj(None, dry_run=True).spec.containers[0].resources.limits or {})

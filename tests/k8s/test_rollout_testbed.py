@@ -9,7 +9,6 @@ v3 (missing model) fails readiness and is rolled back automatically while v2 kee
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 import uuid
@@ -20,6 +19,7 @@ import pytest
 from plugins.rollout.base import Release, TierWorkerSpec
 from plugins.rollout.kubernetes import LABEL_APP, LABEL_TIER, LABEL_VERSION, KubernetesRolloutBackend
 from plugins.rollout.procedure import CanaryPolicy, CanaryReport, rollout
+from tests.k8s.traffic import SteadyTraffic
 
 pytestmark = pytest.mark.k8s
 TIERS = ("edge", "fog", "cloud")
@@ -76,54 +76,22 @@ def make_canary(settings, samples, n: int = 90):
     return canary
 
 
-class SteadyTraffic:
-    """Requests at a fixed rate from a background thread, for the whole of a rollout."""
-
-    def __init__(self, settings, x, rate: float = 10.0):
-        from runtime.client import DeviceClient
-
-        self.client = DeviceClient(settings, deadline_ms=20000).start()
-        self.x, self.rate, self.closed = x, rate, False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            self.client.send(f"steady-{i}", self.x[i % len(self.x)])
-            i += 1
-            time.sleep(1 / self.rate)
-
-    def __enter__(self) -> SteadyTraffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def finish(self, timeout_s: float) -> dict:
-        self.client.wait_all(timeout_s)
-        versions: dict[str, int] = {}
-        for a in self.client.answers.values():
-            versions[str(a.result["model_version"])] = versions.get(str(a.result["model_version"]), 0) + 1
-        out = {"sent": len(self.client.sent_ms), "answered": len(self.client.answers),
-               "duplicates": sum(self.client.duplicates.values()), "versions": versions}
-        self.close()
-        return out
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.client.close()
-
-
 def tier_pods(core, app: str, version: str) -> dict[str, list]:
     pods = core.list_namespaced_pod("tierflow", label_selector=f"{LABEL_APP}={app},{LABEL_VERSION}={version}").items
     out: dict[str, list] = {}
     for p in pods:
         out.setdefault(p.metadata.labels[LABEL_TIER], []).append(p)
     return out
+
+
+def scaled_objects(admin_kubeconfig: str, app: str) -> dict[str, dict]:
+    """The app's KEDA ScaledObjects by name, read as cluster admin."""
+    from kubernetes import client, config
+
+    api = client.CustomObjectsApi(config.new_client_from_config(admin_kubeconfig))
+    items = api.list_namespaced_custom_object("keda.sh", "v1alpha1", "tierflow", "scaledobjects",
+                                              label_selector=f"{LABEL_APP}={app}")["items"]
+    return {so["metadata"]["name"]: so for so in items}
 
 
 def records_counted(pod, port: int = 9100) -> float:
@@ -135,7 +103,7 @@ def records_counted(pod, port: int = 9100) -> float:
 
 
 def test_rollout_places_tiers_answers_replaces_without_loss_and_rolls_back(
-        k8s_settings, k8s_admin, tiny_bundle, samples, tmp_path):
+        k8s_settings, k8s_admin, k8s_admin_kubeconfig, tiny_bundle, samples, tmp_path):
     core, _ = k8s_admin
     settings = k8s_settings
     app = settings.app
@@ -158,11 +126,21 @@ def test_rollout_places_tiers_answers_replaces_without_loss_and_rolls_back(
         assert sorted(pods) == sorted(TIERS)
         for tier, ps in pods.items():
             for p in ps:
-                assert p.spec.node_name == f"{tier}-1"
+                assert p.spec.node_name.startswith(f"{tier}-")  # on its pool
                 assert all(c.ready for c in p.status.container_statuses)
         # every tier's pod processed records (requests/activations), read from the pod's own /metrics
         assert all(records_counted(p) > 0 for ps in pods.values() for p in ps)
         assert backend.running(app) == {"1": list(TIERS)}
+        # each tier Deployment has its ScaledObject on the lag of the group and topic its workers consume
+        scaled = scaled_objects(k8s_admin_kubeconfig, app)
+        assert sorted(scaled) == sorted(f"{app}-v1-{t}" for t in TIERS)
+        for tier in TIERS:
+            so = scaled[f"{app}-v1-{tier}"]["spec"]
+            meta = so["triggers"][0]["metadata"]
+            assert so["scaleTargetRef"]["name"] == f"{app}-v1-{tier}"
+            assert meta["consumerGroup"] == (f"{app}.edge" if tier == "edge" else f"{app}.v1.{tier}")
+            assert meta["bootstrapServers"] == settings.kafka.bootstrap
+            assert so["minReplicaCount"] == 1 and so["maxReplicaCount"] == settings.kafka.partitions
 
         # v2 under steady traffic: zero lost requests, both versions answered, v1 retired.
         traffic = SteadyTraffic(settings, samples[0])
@@ -182,6 +160,7 @@ def test_rollout_places_tiers_answers_replaces_without_loss_and_rolls_back(
         assert steady["duplicates"] == 0 and set(steady["versions"]) <= {"1", "2"} and "2" in steady["versions"]
         assert backend.running(app) == {"2": list(TIERS)}
         assert tier_pods(core, app, "1") == {}
+        assert sorted(scaled_objects(k8s_admin_kubeconfig, app)) == sorted(f"{app}-v2-{t}" for t in TIERS)
 
         # v3 with a missing model: readiness fails, automatic rollback, v2 untouched and still serving.
         broken = release(app, "3", tmp_path / "missing-model")
@@ -191,6 +170,7 @@ def test_rollout_places_tiers_answers_replaces_without_loss_and_rolls_back(
         assert "did not become ready" in out3.problems[0] and "missing-model" in out3.problems[0]
         assert backend.running(app) == {"2": list(TIERS)}
         assert tier_pods(core, app, "3") == {}
+        assert sorted(scaled_objects(k8s_admin_kubeconfig, app)) == sorted(f"{app}-v2-{t}" for t in TIERS)
         assert promoted == ["1", "2"]
         after = canary(release(app, "2", tiny_bundle))
         assert after.answered == after.sent and after.answers_by_version == {"2": after.sent}

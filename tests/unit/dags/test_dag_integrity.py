@@ -98,3 +98,19 @@ def test_ml_tasks_run_outside_the_scheduler_interpreter(pipeline_dag):
     ext = {t.task_id for t in pipeline_dag.tasks if type(t).__name__.startswith("_PythonExternal")
            or "External" in type(t).__name__}
     assert {"train_calibrate_partition", "gate", "register"} <= ext
+
+
+def test_ml_steps_run_in_the_chain_of_the_runs_backend(pipeline_dag):
+    """Local: external Python; kubernetes: trainer pods. The first task of each chain runs only for its backend
+    (the rest of the chain is skipped with it), and deploy runs after whichever chain ran."""
+    from plugins.pipeline.common import backend_is
+
+    pods = {"train_in_pod", "gate_in_pod", "register_in_pod"}
+    assert pods <= set(pipeline_dag.task_ids)
+    assert pipeline_dag.get_task("gate_in_pod").upstream_task_ids >= {"train_in_pod"}
+    deploy = pipeline_dag.get_task("deploy")
+    assert deploy.trigger_rule == "none_failed_min_one_success"
+    assert {"register", "register_in_pod"} <= deploy.upstream_task_ids
+    assert backend_is("kubernetes")({"params": {"backend": "kubernetes"}})
+    assert not backend_is("kubernetes")({"params": {"backend": "local"}})
+    assert backend_is("local")({"params": {}})

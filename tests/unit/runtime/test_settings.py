@@ -1,3 +1,5 @@
+import pytest
+
 from runtime.settings import Settings
 
 
@@ -40,3 +42,15 @@ def test_wrong_adaptive_settings_name_the_variable_and_what_to_give(monkeypatch)
     assert "TIERFLOW_WORKER__ADAPTIVE__OBJECTIVE_MS=-5: give the p95 objective in ms" in text
     assert "QUANTILE=1.5: give the latency quantile as a fraction" in text
     assert "INTERVAL_S=20 is longer than TIERFLOW_WORKER__ADAPTIVE__WINDOW_S=10" in text
+
+
+def test_settings_refuse_more_tier_replicas_than_partitions():
+    from runtime.settings import AutoscalingSettings, KafkaSettings, KubernetesSettings
+
+    with pytest.raises(ValueError, match="MAX_REPLICAS cloud=7: give 2 .*PARTITIONS=6"):
+        Settings(_env_file=None, kafka=KafkaSettings(partitions=6), k8s=KubernetesSettings(
+            replicas={"cloud": 2}, autoscaling=AutoscalingSettings(max_replicas={"cloud": 7})))
+    with pytest.raises(ValueError, match="REPLICAS edge=4: give 1 to TIERFLOW_KAFKA__PARTITIONS=3"):
+        Settings(_env_file=None, kafka=KafkaSettings(partitions=3), k8s=KubernetesSettings(replicas={"edge": 4}))
+    ks = Settings(_env_file=None, kafka=KafkaSettings(partitions=6), k8s=KubernetesSettings(replicas={"cloud": 2})).k8s
+    assert (ks.replicas_for("edge"), ks.replicas_for("cloud"), ks.max_replicas_for("cloud", 6)) == (1, 2, 6)
