@@ -68,6 +68,7 @@ class Outputs:
         # Timed answer producers of an upper tier, timeout ms -> kind: an eighth of a grace times 1, 4, 16, 64, 256.
         eighth = max(1, self.ws.degrade_grace_ms // 8)
         self._timed_kinds = {eighth * 4 ** k: f"answers-{eighth * 4 ** k}" for k in range(5)}
+        self._timeouts = tuple(sorted(self._timed_kinds))
         self.tracer = TierTracer.for_worker(settings, route.tier, route.version)  # None: tracing off
 
     def connect(self) -> None:
@@ -97,7 +98,7 @@ class Outputs:
         if it is too late to publish: the tier below answers instead."""
         if self.route.is_entry:
             return "answers"
-        timeout = answer_timeout(close_at, now, self.ws.degrade_grace_ms, list(self._timed_kinds))
+        timeout = answer_timeout(close_at, now, self.ws.degrade_grace_ms, self._timeouts)
         return None if timeout is None else self._timed_kinds[timeout]
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:

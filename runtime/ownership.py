@@ -46,12 +46,15 @@ def window_close(deadline: int, index: int, n_tiers: int, grace_ms: int) -> int:
     return deadline + grace_ms * (n_tiers - 1 - index)
 
 
-def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: list[int]) -> int | None:
-    """Rule 1 for an upper tier's answer: the largest of ``timeouts`` (delivery timeouts, ms) that still gets
-    it on the broker half a grace before the tier below may answer degraded; ``None``: too late to produce."""
-    left = close_at + grace_ms // 2 - now
-    fits = [t for t in timeouts if t <= left]
-    return max(fits) if fits else None
+def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: tuple[int, ...]) -> int | None:
+    """Rule 1 for an upper tier's answer: the largest of ``timeouts`` (delivery timeouts in ms, ascending) that
+    still gets it on the broker half a grace before the tier below may answer degraded; ``None``: too late."""
+    left, best = close_at + grace_ms // 2 - now, None
+    for timeout in timeouts:
+        if timeout > left:
+            break
+        best = timeout
+    return best
 
 
 def decide(now: int, deadline: int, index: int, n_tiers: int, grace_ms: int, confident: bool) -> Action:

@@ -91,7 +91,7 @@ def test_pending_forwards_come_due_in_time_order_and_resolve_once():
 
 
 def test_an_upper_answer_gets_the_longest_timeout_that_lands_it_half_a_grace_before_the_tier_below_answers():
-    timeouts = [31, 125, 500, 2000, 8000]
+    timeouts = (31, 125, 500, 2000, 8000)
     close = 10_000  # the tier below may answer degraded at close + 250
     assert answer_timeout(close, close - 5000, 250, timeouts) == 2000  # 5125 ms left
     assert answer_timeout(close, close, 250, timeouts) == 125  # at its own close: 125 ms left
