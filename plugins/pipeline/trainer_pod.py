@@ -37,7 +37,7 @@ def trainer_operator(settings: Settings, step: str, input_uri: str, result_uri: 
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    from plugins.rollout.kubernetes import dns_label, kafka_tls_volume, pod_env
+    from plugins.rollout.kubernetes import dns_label, hardened_pod, kafka_tls_volume, pod_env
 
     ks, ts = settings.k8s, settings.k8s.trainer
     gpu = {"nvidia.com/gpu": str(ts.gpus)} if ts.gpus else {}
@@ -64,14 +64,7 @@ def trainer_operator(settings: Settings, step: str, input_uri: str, result_uri: 
             limits={"cpu": ts.cpu_limit, "memory": ts.memory_limit, **gpu}),
         node_selector=dict(ts.node_selector),
         tolerations=[k8s.V1Toleration(**t) for t in ts.tolerations] or None,
-        service_account_name=ks.service_account,
-        automount_service_account_token=False,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=ks.run_as_user, run_as_group=ks.run_as_user,
-            fs_group=ks.run_as_user, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        **hardened_pod(settings),
         volumes=volumes,
         volume_mounts=mounts,
         get_logs=True,

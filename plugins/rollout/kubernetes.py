@@ -143,6 +143,24 @@ def kafka_tls_volume(settings: Settings) -> tuple[k8s.V1Volume, k8s.V1VolumeMoun
     return volume, k8s.V1VolumeMount(name="kafka-tls", mount_path=settings.k8s.kafka_tls_dir, read_only=True)
 
 
+def hardened_pod(settings: Settings) -> dict[str, Any]:
+    """KubernetesPodOperator arguments every tierflow pod shares: its service account without a mounted token,
+    non-root with the RuntimeDefault seccomp profile, read-only root, no privilege escalation, no capabilities."""
+    from kubernetes.client import models as k8s
+
+    ks = settings.k8s
+    return {
+        "service_account_name": ks.service_account,
+        "automount_service_account_token": False,
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=ks.run_as_user, run_as_group=ks.run_as_user,
+            fs_group=ks.run_as_user, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"])),
+    }
+
+
 def pod_env(settings: Settings, extra: dict[str, str]) -> list[k8s.V1EnvVar]:
     """Env of a tierflow pod: the public TIERFLOW_* settings, ``k8s.extra_env``, then ``extra``; every secret
     only by secretKeyRef to the Secret ``k8s.secret_name``."""
@@ -229,14 +247,7 @@ def tier_pod(settings: Settings, release: Release, spec: TierWorkerSpec,
         node_selector={ks.node_label: spec.tier, **(site.node_selector if site else {})},
         tolerations=[k8s.V1Toleration(key=ks.node_label, operator="Equal", value=spec.tier,
                                       effect="NoSchedule")] if ks.tolerate_tier_taint else None,
-        service_account_name=ks.service_account,
-        automount_service_account_token=False,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=ks.run_as_user, run_as_group=ks.run_as_user,
-            fs_group=ks.run_as_user, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
-        container_security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        **hardened_pod(settings),
         termination_grace_period=ks.termination_grace_s,
         pod_template_file=ks.pod_template_file,
         volumes=volumes,

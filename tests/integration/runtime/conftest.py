@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.local import LocalDeployment
+from runtime.local import LocalDeployment, WorkerProcess, WorkerProcessError
 from runtime.settings import KafkaSettings, Settings, WorkerSettings
 
 
@@ -87,3 +89,22 @@ def deployment_factory(kafka_bootstrap, tiny_bundle, tmp_path_factory) -> Iterat
     yield start
     for dep in started:
         dep.stop()
+
+
+def refused_start(settings: Settings, bundle: Path, log_dir: Path) -> tuple[str, str]:
+    """Start a cloud worker the broker must refuse: (the start's error, the worker's log)."""
+    worker = WorkerProcess(settings, "cloud", str(bundle), log_dir)
+    worker.start()
+    try:
+        with pytest.raises(WorkerProcessError) as failed:
+            worker.wait_ready(120)
+    finally:
+        worker.stop(5)
+    return str(failed.value), worker.log_path.read_text(errors="replace")
+
+
+def seconds_from_first_refusal_to_exit(log: str) -> float:
+    """From librdkafka's first refused connection ("%3|<epoch s>|FAIL|...") to the worker's "worker stopped"."""
+    first_refusal = float(re.search(r"^%3\|([0-9.]+)\|FAIL\|", log, re.M).group(1))
+    stopped = datetime.datetime.fromisoformat(re.search(r'"ts": "([^"]+)".*"msg": "worker stopped"', log).group(1))
+    return stopped.timestamp() - first_refusal

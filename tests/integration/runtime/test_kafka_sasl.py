@@ -6,16 +6,15 @@ storage and no other SASL-capable Kafka listener is available (README, "Operatin
 
 from __future__ import annotations
 
-import datetime
-import re
 import uuid
 
 import pytest
 from pydantic import SecretStr
 
 from runtime.broker import EmbeddedBroker
-from runtime.local import WorkerProcess, WorkerProcessError
 from runtime.settings import KafkaSettings, Settings
+
+from .conftest import refused_start, seconds_from_first_refusal_to_exit
 
 pytestmark = pytest.mark.integration
 PASSWORD = "sasl-" + uuid.uuid4().hex
@@ -26,19 +25,9 @@ def test_a_refused_sasl_login_fails_fast_and_never_logs_the_password(tiny_bundle
         settings = Settings(_env_file=None, app=f"t{uuid.uuid4().hex[:10]}", home=tmp_path, kafka=KafkaSettings(
             bootstrap=broker.bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
             sasl_username="tier-worker", sasl_password=SecretStr(PASSWORD)))
-        worker = WorkerProcess(settings, "cloud", str(tiny_bundle), tmp_path / "logs")
-        worker.start()
-        try:
-            with pytest.raises(WorkerProcessError) as failed:
-                worker.wait_ready(120)
-        finally:
-            worker.stop(5)
-    log = worker.log_path.read_text(errors="replace")
-    assert "SASL" in str(failed.value) and "unknown-user" in str(failed.value), log[-2000:]
+        error, log = refused_start(settings, tiny_bundle, tmp_path / "logs")
+    assert "SASL" in error and "unknown-user" in error, log[-2000:]
     assert "TIERFLOW_KAFKA__SASL_*" in log
-    # From the first refused login (librdkafka's "%3|<epoch s>|FAIL|...") to the worker's exit: no waiting for the
-    # 15 s topic check.
-    first_refusal = float(re.search(r"^%3\|([0-9.]+)\|FAIL\|", log, re.M).group(1))
-    stopped = datetime.datetime.fromisoformat(re.search(r'"ts": "([^"]+)".*"msg": "worker stopped"', log).group(1))
-    assert stopped.timestamp() - first_refusal < 5, log[-2000:]
+    # From the first refused login to the worker's exit: no waiting for the 15 s topic check.
+    assert seconds_from_first_refusal_to_exit(log) < 5, log[-2000:]
     assert PASSWORD not in log and PASSWORD not in (tmp_path / "broker.log").read_text(errors="replace")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import re
 import shutil
 import subprocess
 import time
@@ -19,8 +18,10 @@ from pydantic import SecretStr
 from runtime.broker import EmbeddedBroker
 from runtime.client import DeviceClient
 from runtime.launcher import free_port, port_open, stop_group
-from runtime.local import LocalDeployment, WorkerProcess, WorkerProcessError
+from runtime.local import LocalDeployment
 from runtime.settings import KafkaSettings, Settings
+
+from .conftest import refused_start, seconds_from_first_refusal_to_exit
 
 pytestmark = pytest.mark.integration
 KEY_PASSWORD = f"kp-{uuid.uuid4().hex}"  # the secret that must never be logged
@@ -115,18 +116,9 @@ def test_workers_serve_through_tls_and_never_log_the_key_password(tls_broker, ti
 
 def test_a_worker_without_the_ca_fails_fast_and_says_why(tls_broker, tiny_bundle, tmp_path):
     settings = tls_settings(tls_broker, tmp_path, ca=False)
-    worker = WorkerProcess(settings, "cloud", str(tiny_bundle), tmp_path / "logs")
-    worker.start()
-    try:
-        with pytest.raises(WorkerProcessError) as failed:
-            worker.wait_ready(120)
-    finally:
-        worker.stop(5)
-    log = worker.log_path.read_text(errors="replace")
-    assert "certificate verify failed" in str(failed.value) and "TIERFLOW_KAFKA__SSL_CA_LOCATION" in log
-    # From its first refused handshake (librdkafka's log line "%3|<epoch s>|FAIL|...") to the worker's exit: far
-    # less than the topic check's 15 s timeout, the process start and model load (busy machine: 30 s) aside.
-    first_refusal = float(re.search(r"^%3\|([0-9.]+)\|FAIL\|", log, re.M).group(1))
-    stopped = datetime.datetime.fromisoformat(re.search(r'"ts": "([^"]+)".*"msg": "worker stopped"', log).group(1))
-    assert stopped.timestamp() - first_refusal < 5, log[-2000:]
+    error, log = refused_start(settings, tiny_bundle, tmp_path / "logs")
+    assert "certificate verify failed" in error and "TIERFLOW_KAFKA__SSL_CA_LOCATION" in log
+    # From its first refused handshake to the worker's exit: far less than the topic check's 15 s timeout, the
+    # process start and model load (busy machine: 30 s) aside.
+    assert seconds_from_first_refusal_to_exit(log) < 5, log[-2000:]
     assert KEY_PASSWORD not in log
