@@ -20,7 +20,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ml.contract import TIERS
-from plugins.rollout.autoscaling import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECTS, scaled_object
+from plugins.rollout.autoscaling import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    SCALED_OBJECTS,
+    TRIGGER_AUTHENTICATIONS,
+    scaled_object,
+    trigger_authentication,
+)
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.settings import ENV_PREFIX, EdgeSite, Settings, get_settings, settings_env
 
@@ -368,26 +375,33 @@ class KubernetesRolloutBackend(RolloutBackend):
             self.apps.replace_namespaced_deployment(name, self.namespace, body)
             log.info("replaced Deployment %s/%s", self.namespace, name)
         if self.settings.k8s.autoscaling.enabled:
+            auth = trigger_authentication(self.settings)
+            if auth is not None:
+                self._apply_keda(TRIGGER_AUTHENTICATIONS, auth)
             self._apply_scaled_object(scaled_object(self.settings, release, spec, name=name,
                                                     labels=body.metadata.labels,
                                                     bootstrap=site.bootstrap if site else None))
 
-    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
-        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+    def _apply_keda(self, plural: str, body: dict[str, Any]) -> None:
+        """Create or replace a KEDA object of this namespace."""
         from kubernetes.client.exceptions import ApiException
 
-        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, SCALED_OBJECTS)
+        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, plural)
         try:
             self.custom.create_namespaced_custom_object(*args, body)
         except ApiException as e:
             if e.status != 409:
-                raise RolloutError(f"cannot create ScaledObject {self.namespace}/{name} (is KEDA installed?): "
+                raise RolloutError(f"cannot create {body['kind']} {self.namespace}/{name} (is KEDA installed?): "
                                    f"{e.status} {e.reason}: {e.body}") from e
             current = self.custom.get_namespaced_custom_object(*args, name)
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self.custom.replace_namespaced_custom_object(*args, name, body)
+
+    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
+        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+        self._apply_keda(SCALED_OBJECTS, body)
         spec = body["spec"]
-        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, name,
+        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, body["metadata"]["name"],
                  spec["minReplicaCount"], spec["maxReplicaCount"], spec["triggers"][0]["metadata"]["consumerGroup"],
                  spec["triggers"][0]["metadata"]["topic"])
 
