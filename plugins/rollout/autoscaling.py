@@ -29,9 +29,11 @@ _SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512":
 
 
 def scaled_object(settings: Settings, release: Release, spec: TierWorkerSpec, *, name: str,
-                  labels: Mapping[str, str], bootstrap: str | None = None) -> dict[str, Any]:
+                  labels: Mapping[str, str], bootstrap: str | None = None,
+                  authentication: str | None = None) -> dict[str, Any]:
     """The ScaledObject for the Deployment ``name`` running ``spec`` (``bootstrap``: the servers its
-    workers consume from, default the tier's)."""
+    workers consume from, default the tier's; ``authentication``: the TriggerAuthentication of the scaler,
+    `plugins.rollout.kubernetes.kafka_scaler_authentication`)."""
     k, ks = settings.kafka, settings.k8s
     route = plan_route(settings, spec.tier, release.version, [s.tier for s in release.tiers])
     meta = {
@@ -47,9 +49,8 @@ def scaled_object(settings: Settings, release: Release, spec: TierWorkerSpec, *,
     if k.sasl_mechanism:
         meta["sasl"] = _SASL[k.sasl_mechanism]
     trigger: dict[str, Any] = {"type": "kafka", "name": "consumer-lag", "metadata": meta}
-    auth = trigger_authentication_name(settings)
-    if auth:
-        trigger["authenticationRef"] = {"name": auth}
+    if authentication:
+        trigger["authenticationRef"] = {"name": authentication}
     return {
         "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
         "kind": "ScaledObject",
@@ -63,48 +64,6 @@ def scaled_object(settings: Settings, release: Release, spec: TierWorkerSpec, *,
             "triggers": [trigger],
         },
     }
-
-
-def trigger_authentication_name(settings: Settings) -> str | None:
-    """The TriggerAuthentication the Kafka scaler uses: the one the settings name (the user's own), else the
-    rollout's (`trigger_authentication`) when the broker needs credentials, else none."""
-    named = settings.k8s.autoscaling.trigger_authentication
-    if named:
-        return named
-    from plugins.rollout.kubernetes import dns_label  # the backend module imports this one
-
-    return dns_label(f"{settings.app}-kafka-scaler") if _credentials(settings) else None
-
-
-def trigger_authentication(settings: Settings) -> dict[str, Any] | None:
-    """The TriggerAuthentication the rollout applies for the Kafka scaler: the same Secret references the tier
-    pods read (``k8s.kafka_secrets``: password, CA, client certificate and key) and the SASL user name from
-    the tier container's own env. None when the settings name their own or the broker needs no credentials."""
-    if settings.k8s.autoscaling.trigger_authentication or not _credentials(settings):
-        return None
-    refs = [{"parameter": param, "name": secret, "key": key} for param, (secret, key) in _credentials(settings)]
-    spec: dict[str, Any] = {"secretTargetRef": refs}
-    if settings.kafka.sasl_username:  # a plain setting in every tier pod (not a secret)
-        spec["env"] = [{"parameter": "username", "name": "TIERFLOW_KAFKA__SASL_USERNAME"}]
-    return {"apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}", "kind": "TriggerAuthentication",
-            "metadata": {"name": trigger_authentication_name(settings), "namespace": settings.k8s.namespace,
-                         "labels": {"app.kubernetes.io/part-of": "tierflow", "tierflow.io/app": settings.app}},
-            "spec": spec}
-
-
-# Setting -> the KEDA Kafka scaler's authentication parameter that takes the same secret.
-_AUTH_PARAMS = {"sasl_password": "password", "ssl_key_password": "keyPassword", "ssl_ca_location": "ca",
-                "ssl_certificate_location": "cert", "ssl_key_location": "key"}
-
-
-def _credentials(settings: Settings) -> list[tuple[str, tuple[str, str]]]:
-    """(KEDA parameter, (Secret, key)) for each Kafka credential the settings use."""
-    from plugins.rollout.kubernetes import kafka_secret_env, kafka_tls_files, secret_ref
-
-    by_setting = {f: (secret, key) for f, (secret, key, _) in kafka_tls_files(settings).items()}
-    for env, ref in kafka_secret_env(settings).items():
-        by_setting[env.removeprefix("TIERFLOW_KAFKA__").lower()] = secret_ref(settings, ref)
-    return [(_AUTH_PARAMS[f], by_setting[f]) for f in _AUTH_PARAMS if f in by_setting]
 
 
 def scaling_problems(scaled_objects: Iterable[Mapping[str, Any]], partitions: Mapping[str, int]) -> list[str]:

@@ -21,9 +21,14 @@ import yaml
 from kubernetes import client
 
 from plugins.pipeline.deploy import make_release
-from plugins.rollout.autoscaling import scaled_object, scaling_problems, trigger_authentication
+from plugins.rollout.autoscaling import scaled_object, scaling_problems
 from plugins.rollout.base import Release, TierWorkerSpec
-from plugins.rollout.kubernetes import deployment_name, tier_deployment, tier_labels
+from plugins.rollout.kubernetes import (
+    deployment_name,
+    kafka_scaler_authentication,
+    tier_deployment,
+    tier_labels,
+)
 from runtime.route import plan_route
 from runtime.settings import AutoscalingSettings, KafkaSettings, KubernetesSettings, Settings
 from tests.k8s.crd_schema import crd_problems
@@ -206,8 +211,8 @@ def test_kafka_scaler_on_a_sasl_tls_broker_gets_a_trigger_authentication_with_th
                        "TIERFLOW_K8S__AUTOSCALING__ENABLED": "true"}.items():
         monkeypatch.setenv(key, value)
     settings = Settings(_env_file=None)
-    auth = trigger_authentication(settings)
-    assert auth is not None and crd_problems(auth) == []
+    name, auth = kafka_scaler_authentication(settings)
+    assert auth is not None and name == auth["metadata"]["name"] and crd_problems(auth) == []
     assert sorted(auth["spec"]["secretTargetRef"], key=lambda r: r["parameter"]) == [
         {"parameter": "ca", "name": "tierflow-cluster-ca-cert", "key": "ca.crt"},
         {"parameter": "password", "name": "tierflow-tier", "key": "password"}]
@@ -219,13 +224,13 @@ def test_kafka_scaler_on_a_sasl_tls_broker_gets_a_trigger_authentication_with_th
     assert all(crd_problems(so) == [] for so in scaled)
     monkeypatch.setenv("TIERFLOW_K8S__AUTOSCALING__TRIGGER_AUTHENTICATION", "my-kafka-auth")
     own = Settings(_env_file=None)
-    assert trigger_authentication(own) is None
+    assert kafka_scaler_authentication(own) == ("my-kafka-auth", None)
     assert {so["spec"]["triggers"][0]["authenticationRef"]["name"] for so in release_scaled_objects(own)} == {
         "my-kafka-auth"}
     for key in [k for k in os.environ if k.startswith("TIERFLOW_")]:
         monkeypatch.delenv(key)
     plain = Settings(_env_file=None, k8s=KubernetesSettings(autoscaling=AutoscalingSettings(enabled=True)))
-    assert trigger_authentication(plain) is None
+    assert kafka_scaler_authentication(plain) == (None, None)
     assert all("authenticationRef" not in so["spec"]["triggers"][0] for so in release_scaled_objects(plain))
 
 
@@ -340,8 +345,10 @@ def release_scaled_objects(settings: Settings, version: str = "1") -> list[dict]
     tiers = ["edge", "fog", "cloud"]
     release = make_release(settings.app, version, {t: f"models:/fmnist-{t}/{version}" for t in tiers}, tiers,
                            backend="kubernetes", replicas=settings.k8s.replicas)
+    auth, _ = kafka_scaler_authentication(settings)
     return [scaled_object(settings, release, spec, name=deployment_name(release.app, version, spec.tier),
-                          labels=tier_labels(release.app, version, spec.tier)) for spec in release.tiers]
+                          labels=tier_labels(release.app, version, spec.tier), authentication=auth)
+            for spec in release.tiers]
 
 
 def test_production_kafka_topics_are_valid_strimzi_kafkatopics():
