@@ -94,7 +94,8 @@ def run_load(tb: Testbed, settings: Settings, x: np.ndarray, phases: list[Phase]
                 run.marks[f"{name}:{kind.split('_')[1]}"] = {"t_ms": ev["t_ms"], "bytes": tb.link_bytes(),
                                                             "cpu": tb.cpu_seconds(),
                                                             "throttled": tb.throttled_seconds(),
-                                                            "machine_busy_s": machine_busy_s()}
+                                                            "machine_busy_s": machine_busy_s(),
+                                                            "sampled_s": time.monotonic()}
             if kind == "phase_start":
                 for at_s, fn in (actions or {}).get(name, []):
                     timers.append(threading.Timer(at_s, _logged(fn, run)))
@@ -201,7 +202,9 @@ def step_cpu(run: LoadRun, phase: str) -> dict[str, Any]:
     """Where the CPU went during one step: cores used per site and helper kind, the share of the step each
     site spent throttled at its quota, and the cores the whole machine was busy (all of them: saturated)."""
     start, end = run.marks[f"{phase}:start"], run.marks[f"{phase}:end"]
-    seconds = max((end["t_ms"] - start["t_ms"]) / 1000, 1e-3)
+    # over the time between the two samples (this process may read the phase's events late on a busy machine)
+    seconds = max(end["sampled_s"] - start["sampled_s"] if "sampled_s" in end else
+                  (end["t_ms"] - start["t_ms"]) / 1000, 1e-3)
     out: dict[str, Any] = {
         "cpu_cores": {k: v / seconds for k, v in delta(run, phase, "cpu").items()},
         "throttled_share": {k: v / seconds for k, v in delta(run, phase, "throttled").items()}}

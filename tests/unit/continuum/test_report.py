@@ -55,9 +55,9 @@ def test_step_cpu_from_phase_marks_and_its_lines() -> None:
 
     run = LoadRun([], {}, marks={
         "step800:start": {"t_ms": 10_000, "cpu": {"edge": 1.0, "(broker)": 2.0}, "throttled": {"edge": 0.5},
-                          "machine_busy_s": 100.0},
+                          "machine_busy_s": 100.0, "sampled_s": 50.0},
         "step800:end": {"t_ms": 14_000, "cpu": {"edge": 2.0, "(broker)": 6.0}, "throttled": {"edge": 2.5},
-                        "machine_busy_s": 107.6}})
+                        "machine_busy_s": 107.6, "sampled_s": 54.0}})
     cpu = step_cpu(run, "step800")
     assert cpu["cpu_cores"] == {"edge": 0.25, "(broker)": 1.0}
     assert cpu["throttled_share"] == {"edge": 0.5}
