@@ -29,9 +29,6 @@ def ready_pods(core, app: str, version: str) -> dict[str, int]:
     return out
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "after the merge of the read-barrier change the new edges, which joined with no partition, were never "
-    "assigned one once the old edges left (>100 s; ~20 s before it): requests of the last ~40 s unanswered"))
 def test_three_replicas_per_tier_roll_over_under_load_with_one_answer_per_request(k8s_settings, k8s_admin,
                                                                                   k8s_admin_kubeconfig, tiny_bundle):
     from ml.datasets import load_fashion_mnist
