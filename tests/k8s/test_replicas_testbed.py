@@ -85,6 +85,9 @@ def test_three_replicas_per_tier_roll_over_under_load_with_one_answer_per_reques
         pods = Path(k8s_admin_kubeconfig).parent / "pods"
         if pods.is_dir():  # the pods' logs, for a look after a failure
             shutil.copytree(pods, Path("/tmp") / f"tierflow-replicas-{app}", dirs_exist_ok=True)
-        for version, tiers in backend.running(app).items():
+        # nothing is served any more: the pods may leave together
+        cleanup = KubernetesRolloutBackend(settings=settings.model_copy(update={"k8s": settings.k8s.model_copy(
+            update={"entry_retire_interval_s": 0})}), poll_s=0.5)
+        for version, tiers in cleanup.running(app).items():
             for tier in tiers:
-                backend.stop_tier(app, version, tier, timeout_s=60)
+                cleanup.stop_tier(app, version, tier, timeout_s=60)
