@@ -236,7 +236,8 @@ class AutoscalingSettings(BaseModel):
     max_replicas: dict[str, int] = Field(default_factory=dict)
     polling_interval_s: int = Field(15, ge=1)
     cooldown_s: int = Field(300, ge=0)
-    # TriggerAuthentication (in the tier namespace) with the broker's SASL/TLS secrets, when it needs them.
+    # A TriggerAuthentication of your own (tier namespace) for the Kafka scaler. Unset, the rollout applies one
+    # with the Secret references the tier pods use (k8s.kafka_secrets) when the broker needs credentials.
     trigger_authentication: str | None = None
 
 

@@ -259,7 +259,7 @@ class TierWorker:
                 action = decide(now, req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms, inf.confident[i])
                 try:
                     outcomes[self.outputs.act(action, batch, req, activation, inf.labels[i], inf.confidences[i],
-                                              inf.exits[i], staged.received)] += 1
+                                              inf.exits[i], staged.received, now)] += 1
                 except Exception as exc:  # e.g. the producer refused the output: the record is a dead letter
                     self.outputs.dead_letter(batch, req.record, Rejected("produce", f"output not produced: {exc}"))
             self.metrics.count(outcomes)

@@ -20,7 +20,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ml.contract import FULL, TIERS
-from plugins.rollout.autoscaling import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECTS, scaled_object
+from plugins.rollout.autoscaling import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    SCALED_OBJECTS,
+    TRIGGER_AUTHENTICATIONS,
+    scaled_object,
+)
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.settings import ENV_PREFIX, EdgeSite, Settings, get_settings, settings_env
 
@@ -141,6 +147,36 @@ def kafka_tls_volume(settings: Settings) -> tuple[k8s.V1Volume, k8s.V1VolumeMoun
         k8s.V1VolumeProjection(secret=k8s.V1SecretProjection(name=secret, items=items))
         for secret, items in by_secret.items()]))
     return volume, k8s.V1VolumeMount(name="kafka-tls", mount_path=settings.k8s.kafka_tls_dir, read_only=True)
+
+
+# Kafka credential setting -> the KEDA Kafka scaler's authentication parameter that takes the same secret.
+_SCALER_AUTH_PARAMS = {"sasl_password": "password", "ssl_key_password": "keyPassword", "ssl_ca_location": "ca",
+                       "ssl_certificate_location": "cert", "ssl_key_location": "key"}
+
+
+def kafka_scaler_authentication(settings: Settings) -> tuple[str | None, dict[str, Any] | None]:
+    """The TriggerAuthentication KEDA's Kafka scaler uses (its name, or None) and the one the rollout applies
+    (or None): the one the settings name, else, when the broker needs credentials, one with the Secret
+    references the tier pods read (password, CA, client certificate and key) and the SASL user name from the
+    tier container's own env (a plain setting, not a secret)."""
+    named = settings.k8s.autoscaling.trigger_authentication
+    if named:
+        return named, None
+    files = {f: (secret, key) for f, (secret, key, _) in kafka_tls_files(settings).items()}
+    passwords = {env.removeprefix(f"{ENV_PREFIX}KAFKA__").lower(): secret_ref(settings, ref)
+                 for env, ref in kafka_secret_env(settings).items()}
+    refs = {**files, **passwords}
+    if not refs:
+        return None, None
+    name = dns_label(f"{settings.app}-kafka-scaler")
+    spec: dict[str, Any] = {"secretTargetRef": [{"parameter": param, "name": refs[f][0], "key": refs[f][1]}
+                                                for f, param in _SCALER_AUTH_PARAMS.items() if f in refs]}
+    if settings.kafka.sasl_username:
+        spec["env"] = [{"parameter": "username", "name": f"{ENV_PREFIX}KAFKA__SASL_USERNAME"}]
+    return name, {"apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}", "kind": "TriggerAuthentication",
+                  "metadata": {"name": name, "namespace": settings.k8s.namespace,
+                               "labels": {"app.kubernetes.io/part-of": "tierflow", "tierflow.io/app": settings.app}},
+                  "spec": spec}
 
 
 def hardened_pod(settings: Settings) -> dict[str, Any]:
@@ -368,26 +404,34 @@ class KubernetesRolloutBackend(RolloutBackend):
             self.apps.replace_namespaced_deployment(name, self.namespace, body)
             log.info("replaced Deployment %s/%s", self.namespace, name)
         if self.settings.k8s.autoscaling.enabled:
+            auth_name, auth = kafka_scaler_authentication(self.settings)
+            if auth is not None:
+                self._apply_keda(TRIGGER_AUTHENTICATIONS, auth)
             self._apply_scaled_object(scaled_object(self.settings, release, spec, name=name,
                                                     labels=body.metadata.labels,
-                                                    bootstrap=site.bootstrap if site else None))
+                                                    bootstrap=site.bootstrap if site else None,
+                                                    authentication=auth_name))
 
-    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
-        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+    def _apply_keda(self, plural: str, body: dict[str, Any]) -> None:
+        """Create or replace a KEDA object of this namespace."""
         from kubernetes.client.exceptions import ApiException
 
-        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, SCALED_OBJECTS)
+        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, plural)
         try:
             self.custom.create_namespaced_custom_object(*args, body)
         except ApiException as e:
             if e.status != 409:
-                raise RolloutError(f"cannot create ScaledObject {self.namespace}/{name} (is KEDA installed?): "
+                raise RolloutError(f"cannot create {body['kind']} {self.namespace}/{name} (is KEDA installed?): "
                                    f"{e.status} {e.reason}: {e.body}") from e
             current = self.custom.get_namespaced_custom_object(*args, name)
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self.custom.replace_namespaced_custom_object(*args, name, body)
+
+    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
+        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+        self._apply_keda(SCALED_OBJECTS, body)
         spec = body["spec"]
-        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, name,
+        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, body["metadata"]["name"],
                  spec["minReplicaCount"], spec["maxReplicaCount"], spec["triggers"][0]["metadata"]["consumerGroup"],
                  spec["triggers"][0]["metadata"]["topic"])
 
