@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ml.contract import TIERS
+from ml.contract import FULL, TIERS
 from plugins.rollout.autoscaling import (
     KEDA_GROUP,
     KEDA_VERSION,
@@ -521,6 +521,8 @@ class KubernetesRolloutBackend(RolloutBackend):
         selector = tier_labels(app, version, tier)
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
         names = [d.metadata.name for d in self.apps.list_namespaced_deployment(self.namespace, label_selector=sel).items]
+        interval = self.settings.k8s.entry_retire_interval_s if tier in (TIERS[0], FULL) else 0
+        left = None  # time.monotonic() the last pod left, when they leave one at a time
         for name in names:
             if self.settings.k8s.autoscaling.enabled:  # first, so KEDA stops scaling what is being removed
                 try:
@@ -529,6 +531,8 @@ class KubernetesRolloutBackend(RolloutBackend):
                 except ApiException as e:
                     if e.status != 404:
                         raise
+            if interval > 0:
+                left = self._scale_down_one_by_one(name, interval, left, timeout_s)
             try:
                 self.apps.delete_namespaced_deployment(
                     name, self.namespace, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
@@ -542,6 +546,36 @@ class KubernetesRolloutBackend(RolloutBackend):
                                    f"{[p.metadata.name for p in pods]}")
             time.sleep(self.poll_s)
         log.info("stopped Deployments %s in %s (pods got SIGTERM and exited)", names, self.namespace)
+
+    def _scale_down_one_by_one(self, name: str, interval_s: float, left: float | None,
+                               timeout_s: float) -> float | None:
+        """Takes a Deployment's pods away one at a time (each gets ``timeout_s`` to exit), each ``interval_s`` after
+        the previous one left (also one of another Deployment: ``left``), so the consumer group re-forms between
+        two leaves; returns when the last one left."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            dep = self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return left
+        selector = dict(dep.spec.selector.match_labels)
+        replicas = len(self._pods(selector))
+        while replicas > 0:
+            if left is not None:
+                time.sleep(max(0.0, left + interval_s - time.monotonic()))
+            replicas -= 1
+            self.apps.patch_namespaced_deployment(name, self.namespace, {"spec": {"replicas": replicas}})
+            deadline = time.monotonic() + timeout_s
+            while len(self._pods(selector)) > replicas:
+                if time.monotonic() > deadline:
+                    raise RolloutError(f"pods of {name} still running after {timeout_s:.0f}s of scaling it down "
+                                       f"to {replicas}")
+                time.sleep(self.poll_s)
+            left = time.monotonic()
+            log.info("Deployment %s scaled down to %d (its pods leave one at a time)", name, replicas)
+        return left
 
     def running(self, app: str) -> dict[str, list[str]]:
         deps = self.apps.list_namespaced_deployment(
