@@ -27,7 +27,6 @@ from runtime.ownership import (
     PendingForwards,
     TierClock,
     answer_timeout,
-    window_close,
 )
 from runtime.route import Route
 from runtime.settings import Settings
@@ -209,9 +208,8 @@ class Outputs:
                 action = Action.DEGRADE
         if action is Action.EXPIRE:
             return "expired"
-        close_at = window_close(req.deadline, self.route.index, self.route.n_tiers, self.ws.degrade_grace_ms)
         self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
-                    received, close_at, now, degraded=action is Action.DEGRADE)
+                    received, req.close_at, now, degraded=action is Action.DEGRADE)
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
@@ -227,8 +225,7 @@ class Outputs:
         # from above, and this tier answers degraded when its window closes.
         self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,
                    req.record.key(), activation, headers, header_bytes, timestamp=self.clock.now(), wait=False)
-        close_at = window_close(req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms)
-        self.pending.add(Pending(req.request_id, close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
+        self.pending.add(Pending(req.request_id, req.close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
                                  received, req.entry, batch))
         batch.unresolved += 1
 

@@ -57,13 +57,14 @@ def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: tuple[int, 
     return best
 
 
-def decide(now: int, deadline: int, index: int, n_tiers: int, grace_ms: int, confident: bool) -> Action:
-    """What tier ``index`` of ``n_tiers`` does with a request at ``now`` (rules 1, 2 and 4)."""
-    if index > 0 and now >= window_close(deadline, index, n_tiers, grace_ms):
+def decide(now: int, close_at: int, grace_ms: int, *, entry: bool, top: bool, confident: bool) -> Action:
+    """What a tier whose window closes at ``close_at`` (`window_close`) does with a request at ``now`` (rules 1,
+    2 and 4); the next tier's window closes one grace earlier."""
+    if not entry and now >= close_at:
         return Action.EXPIRE
-    if confident or index == n_tiers - 1:
+    if confident or top:
         return Action.ANSWER
-    if now >= window_close(deadline, index + 1, n_tiers, grace_ms):
+    if now >= close_at - grace_ms:
         return Action.DEGRADE
     return Action.FORWARD
 
