@@ -21,7 +21,7 @@ CANARY_ID_PREFIX = f"{CANARY}-"
 TRAFFIC_HEADER = "tf-traffic"
 
 # Topic kinds of one application APP: APP.<kind>.
-TOPIC_KINDS = ("requests", "results", "dlq", "training", "feedback")
+TOPIC_KINDS = ("requests", "results", "replies", "dlq", "training", "feedback")
 
 
 def model_name(app: str, tier: str) -> str:
@@ -30,7 +30,8 @@ def model_name(app: str, tier: str) -> str:
 
 
 def topic(app: str, kind: str) -> str:
-    """Topic of the data-plane contract: requests, results, dlq, training, feedback."""
+    """Topic of the data-plane contract: requests, results, replies (upper tiers' answers to the entry tier),
+    dlq, training, feedback."""
     return f"{app}.{kind}"
 
 

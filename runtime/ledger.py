@@ -39,11 +39,6 @@ class Batch:
         if err is not None:
             self.errors.append(f"{msg.topic()}: {err}")
 
-    def withdrawable(self, err: Any, msg: Any) -> None:
-        """Delivery report of an upper tier's answer: one not delivered in time is withdrawn, not an error
-        (the tier below answers the request instead)."""
-        self.outstanding -= 1
-
     @property
     def acknowledged(self) -> bool:
         return self.published and self.outstanding == 0

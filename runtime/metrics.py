@@ -18,9 +18,10 @@ class WorkerMetrics:
     def __init__(self, tier: str, version: str):
         self.registry = CollectorRegistry()
         r, labels = self.registry, {"tier": tier, "version": version}
-        self.records = Counter("tierflow_records", "What the tier did, by outcome: answered (every answer it "
-                               "published, degraded ones included), forwarded, expired (reached this upper tier "
-                               "after its window closed; the tier below answers), replayed (already answered), dlq",
+        self.records = Counter("tierflow_records", "What the tier did, by outcome: answered (every answer of "
+                               "its own exits, degraded ones included), relayed (the entry tier published a tier "
+                               "above's answer), forwarded, expired (reached this upper tier after its window "
+                               "closed; the tier below answers), replayed (already answered), dlq",
                                ["tier", "version", "outcome"], registry=r)
         self.exits = Counter("tierflow_exit_answers", "Answers per exit", ["tier", "version", "exit"], registry=r)
         self.degraded = Counter("tierflow_degraded_answers", "Answers published with degraded=true (the upper "

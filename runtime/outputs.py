@@ -1,4 +1,5 @@
-"""Everything a tier worker produces: answers (APP.results and tf-reply-to), forwards and dead letters.
+"""Everything a tier worker produces: answers (the entry tier's to APP.results and tf-reply-to, the tiers
+above's to APP.replies), forwards and dead letters.
 
 An output of a batch counts against the batch's commit until the broker acknowledges it
 (`runtime.ledger`); an answer to a client's ``tf-reply-to`` is best effort (the answer that counts is the
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,6 @@ from runtime.ownership import (
     Pending,
     PendingForwards,
     TierClock,
-    answer_timeout,
 )
 from runtime.route import Route
 from runtime.settings import Settings
@@ -59,46 +58,28 @@ class Outputs:
         self.bootstrap = settings.kafka.bootstrap
         self.next_bootstrap = settings.kafka.for_tier(route.next_tier or route.tier)
         self.results_topic, self.dlq_topic = settings.topic("results"), settings.topic("dlq")
+        # Only the entry tier publishes answers; the tiers above send theirs to it (`runtime.answers`).
+        self.answers_topic = self.results_topic if route.is_entry else settings.topic("replies")
         self._producers: dict[tuple[str, str], Any] = {}
         self._bytes_out: Counter[str] = Counter()
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
-        self._withdrawn_logged = 0.0
-        # Timed answer producers of an upper tier, timeout ms -> kind: an eighth of a grace times 1, 4, 16, 64, 256.
-        eighth = max(1, self.ws.degrade_grace_ms // 8)
-        self._timed_kinds = {eighth * 4 ** k: f"answers-{eighth * 4 ** k}" for k in range(5)}
-        self._timeouts = tuple(sorted(self._timed_kinds))
         self.tracer = TierTracer.for_worker(settings, route.tier, route.version)  # None: tracing off
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        answers = ["answers"] if self.route.is_entry else list(self._timed_kinds.values())
         forwards = [(self.next_bootstrap, "forwards")] if self.route.out_topic is not None else []
-        for bootstrap, kind in {*((self.bootstrap, a) for a in answers), (self.bootstrap, "outputs"), *forwards}:
+        for bootstrap, kind in {(self.bootstrap, "answers"), (self.bootstrap, "outputs"), *forwards}:
             self._producer(bootstrap, kind).list_topics(timeout=10)
 
     def _producer(self, bootstrap: str, kind: str) -> Any:
-        """One producer per cluster and kind ("outputs", "forwards", "answers", or "answers-<ms>", see
-        `_answer_kind`)."""
+        """One producer per cluster and kind ("outputs", "forwards", "answers")."""
         if (bootstrap, kind) not in self._producers:
             from confluent_kafka import Producer
 
-            extra = {}
-            if kind.startswith("answers-"):  # sent once within the timeout (no retries, so no idempotence,
-                # whose epoch bump after a timeout some brokers answer with a fence)
-                extra = {"message.timeout.ms": int(kind.split("-")[1]), "enable.idempotence": False,
-                         "message.send.max.retries": 0, "reconnect.backoff.max.ms": 500}
             self._producers[(bootstrap, kind)] = Producer(producer_config(
-                self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}, **extra))
+                self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}))
         return self._producers[(bootstrap, kind)]
-
-    def _answer_kind(self, close_at: int, now: int) -> str | None:
-        """The producer for an answer (its delivery timeout from `runtime.ownership.answer_timeout`), ``None``
-        if it is too late to publish: the tier below answers instead."""
-        if self.route.is_entry:
-            return "answers"
-        timeout = answer_timeout(close_at, now, self.ws.degrade_grace_ms, self._timeouts)
-        return None if timeout is None else self._timed_kinds[timeout]
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         """Serve the delivery reports of the producers with records in flight (each poll is a call into
@@ -143,14 +124,7 @@ class Outputs:
     def _held(self, batch: Batch, kind: str, topic: str, key: Any, value: bytes | None,
               headers: list[tuple[str, bytes]], header_bytes: int) -> None:
         """An output of ``batch``: its commit waits for the broker's acknowledgement."""
-        if kind.startswith("answers-"):
-            def on_delivery(err: Any, msg: Any) -> None:
-                batch.withdrawable(err, msg)
-                if err is not None:
-                    self._withdrawn(err)
-        else:
-            on_delivery = batch.delivered
-        self._send(on_delivery, self._producer(self.bootstrap, kind), topic, key, value, headers, header_bytes)
+        self._send(batch.delivered, self._producer(self.bootstrap, kind), topic, key, value, headers, header_bytes)
         batch.outstanding += 1
 
     def _reply_delivered(self, err: Any, msg: Any) -> None:
@@ -159,41 +133,45 @@ class Outputs:
             log.warning("answer not delivered to tf-reply-to", extra={"tier": self.route.tier, "topic": msg.topic(),
                                                                        "error": str(err)})
 
-    def _withdrawn(self, err: Any) -> None:
-        self.metrics.record("withdrawn")
-        now = time.monotonic()
-        if now - self._withdrawn_logged > 1:  # at most one line a second
-            self._withdrawn_logged = now
-            log.warning("answers withdrawn: not on the broker before the tier below answers",
-                        extra={"tier": self.route.tier, "error": str(err)})
-
     def _forward_delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.metrics.record("forward_failed")
 
     def answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
-               origin: int | None, reply_to: str | None, received: int, close_at: int, now: int,
-               degraded: bool = False) -> None:
-        """Publish one answer; ``now`` is the tier clock when its batch was decided (read once per batch)."""
+               origin: int | None, reply_to: str | None, received: int, now: int, degraded: bool = False) -> None:
+        """Publish one answer (an upper tier: send it to the entry tier); ``now`` is the tier clock when its batch
+        was decided (read once per batch)."""
         tier_latency, latency = now - received, (now - origin) if origin is not None else None
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
-        kind = self._answer_kind(close_at, now)
         self.memory.add(rid, entry)
-        if kind is None:  # too late to be on the broker before the tier below answers: it answers instead
-            self._withdrawn("too late to publish")
-            return
-        self._held(batch, kind, self.results_topic, rid_b, body, headers, header_bytes)
+        self._held(batch, "answers", self.answers_topic, rid_b, body, headers, header_bytes)
+        if self.route.is_entry:
+            self._reply_to(reply_to, rid_b, body, headers, header_bytes)
+        self._tier_latency_ms.append(tier_latency)
+        if latency is not None:
+            self._e2e_latency_ms.append(max(latency, 0))
+
+    def publish_reply(self, batch: Batch, rid: str, entry: str, reply_to: str | None, reply: Any) -> None:
+        """The entry tier publishes an upper tier's answer (its record on APP.replies) as the request's answer,
+        held by ``batch`` (the forward's, or the replayed request's). Its latencies stay the answering tier's."""
+        value, headers = reply.value(), list(reply.headers() or ())
+        header_bytes = sum(len(k) + len(v or b"") for k, v in headers)
+        rid_b = rid.encode()
+        self.memory.add(rid, entry)
+        self._held(batch, "answers", self.results_topic, rid_b, value, headers, header_bytes)
+        self._reply_to(reply_to, rid_b, value, headers, header_bytes)
+        self.metrics.record("relayed")
+
+    def _reply_to(self, reply_to: str | None, rid_b: bytes, body: bytes, headers: list[tuple[str, bytes]],
+                  header_bytes: int) -> None:
         if reply_to and reply_to != self.results_topic:
             try:
                 self._send(self._reply_delivered, self._producer(self.bootstrap, "outputs"), reply_to, rid_b, body,
                            headers, header_bytes)
             except Exception as exc:  # the answer is on APP.results already
                 self._reply_delivered(exc, _Topic(reply_to))
-        self._tier_latency_ms.append(tier_latency)
-        if latency is not None:
-            self._e2e_latency_ms.append(max(latency, 0))
 
     def act(self, action: Action, batch: Batch, req: Request, activation: bytes | None, label: int,
             confidence: float, exit_id: int, received: int, now: int) -> str | tuple[str, int]:
@@ -209,7 +187,7 @@ class Outputs:
         if action is Action.EXPIRE:
             return "expired"
         self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
-                    received, req.close_at, now, degraded=action is Action.DEGRADE)
+                    received, now, degraded=action is Action.DEGRADE)
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
@@ -237,21 +215,19 @@ class Outputs:
         self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
-    def answer_overdue(self, barrier: Callable[[], int | None]) -> int:
+    def answer_overdue(self) -> int:
         """Rule 3 of `runtime.ownership`: a forward whose window closed with no answer seen is answered here,
-        degraded, with this tier's own best prediction. Only forwards whose window closed before a read
-        ``barrier`` (`AnswerWatch.barrier`: every answer on the broker then has been seen) are. Returns how many."""
+        degraded, with this tier's own best prediction (an upper tier sends it to the entry tier, which takes
+        the first answer it sees). Returns how many."""
+        now = self.clock.now()
         due = self.pending.next_close()
-        if due is None or due > self.clock.now():
+        if due is None or due > now:
             return 0
-        seen_until = barrier()
-        if seen_until is None:
-            return 0
-        n, now = 0, self.clock.now()
-        for p in self.pending.due(seen_until):
+        n = 0
+        for p in self.pending.due(now):
             try:
                 self.answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
-                            p.reply_to, p.received_ts, p.close_at, now, degraded=True)
+                            p.reply_to, p.received_ts, now, degraded=True)
             except Exception as exc:  # nothing to fall back to here: restart, and the replay answers it
                 raise RuntimeError(f"degraded answer to {p.request_id!r} not produced: {exc}") from exc
             p.batch.unresolved -= 1

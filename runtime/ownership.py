@@ -1,27 +1,26 @@
-"""Who may answer a request, and until when: the answer-ownership rule of the data plane.
+"""Who answers a request, and until when: the answer-ownership rule of the data plane.
 
 A request with deadline ``D`` (absolute epoch ms) climbs the tiers ``0`` (entry) .. ``n-1`` (top). Tier ``i``
-owns what it holds until its window closes at ``close(i) = D + grace * (n-1-i)``: the top tier's at the
+works on what it holds until its window closes at ``close(i) = D + grace * (n-1-i)``: the top tier's at the
 deadline, every tier below one ``grace`` later than the tier above it. The rule:
 
-1. A tier publishes an answer only while its window is open, checked just before it produces. The entry
-   tier's window never shuts it out: it is the owner of last resort and answers whatever reaches it.
+1. Only the entry tier publishes answers (APP.results, tf-reply-to). A tier above sends its answer to the
+   entry tier (APP.replies, `runtime.answers`); the entry tier publishes the first one it sees for a
+   request it still holds and drops any that comes after it answered. So exactly one answer per request is
+   decided in one process, whatever the brokers' and tiers' timing.
 2. A tier forwards only while the next tier's window is open; otherwise it answers itself now, flagged
    ``degraded`` when its exit was not confident.
-3. A tier that forwarded a request and has seen no answer on ``APP.results`` when its own window closes
-   answers with its best prediction, ``degraded``.
+3. A tier that forwarded a request and has seen no answer from above when its own window closes answers
+   with its best prediction, ``degraded`` (a tier in the middle sends it down like any answer: it reaches the
+   entry tier before the entry tier's own window closes, one grace later, unless that link is slower).
 4. Work that reaches an upper tier after its window closed (a backlog after a restart, a short deadline)
-   is dropped and counted as expired: the tier below owns it and answers it by rule 2 or 3.
+   is dropped and counted as expired: the tier below answers it by rule 2 or 3.
 
-Tier ``i+1`` stops publishing one grace before tier ``i`` answers degraded and its answer must be on the
-broker within half of it (else it is withdrawn, never produced late, `runtime.outputs`); before tier ``i``
-answers degraded it passes a read barrier (`runtime.answers.AnswerWatch.barrier`: it reads APP.results up to
-the high watermarks the broker reports then), so it has seen every answer on the broker by then, however late
-its own fetches run (``worker.degrade_grace_ms`` is 250 ms). What remains assumed: a broker writes a produce
-request it received within that half grace. Clocks: every forward carries the sender's notion of now as its
-Kafka timestamp and an upper tier never lets its clock run behind what it received (`TierClock`), so a
-tier whose clock is behind its lower neighbour corrects itself; one that runs ahead only closes its window
-early (more degraded answers, never a second one). Replays after a crash are stopped by `AnswerMemory`.
+The windows only shape *which* answer the entry tier sees first (the best one still in time), never whether
+there is one or two. Clocks: every forward carries the sender's notion of now as its Kafka timestamp and an
+upper tier never lets its clock run behind what it received (`TierClock`), so a tier whose clock is behind
+its lower neighbour corrects itself; one that runs ahead only closes its window early (more degraded
+answers). Replays after a crash or a rebalance are stopped by `AnswerMemory`.
 """
 
 from __future__ import annotations
@@ -44,17 +43,6 @@ class Action(enum.Enum):
 def window_close(deadline: int, index: int, n_tiers: int, grace_ms: int) -> int:
     """Epoch ms at which tier ``index`` stops publishing for a request with this deadline."""
     return deadline + grace_ms * (n_tiers - 1 - index)
-
-
-def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: tuple[int, ...]) -> int | None:
-    """Rule 1 for an upper tier's answer: the largest of ``timeouts`` (delivery timeouts in ms, ascending) that
-    still gets it on the broker half a grace before the tier below may answer degraded; ``None``: too late."""
-    left, best = close_at + grace_ms // 2 - now, None
-    for timeout in timeouts:
-        if timeout > left:
-            break
-        best = timeout
-    return best
 
 
 def decide(now: int, close_at: int, grace_ms: int, *, entry: bool, top: bool, confident: bool) -> Action:

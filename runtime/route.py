@@ -46,9 +46,9 @@ def plan_route(settings: Settings, tier: str, version: str, tier_names: list[str
 
 
 def ensure_route_topics(settings: Settings, route: Route) -> None:
-    """Create what a tier reads and writes where it is missing: its input, results and DLQ, its output."""
+    """Create what a tier reads and writes where it is missing: its input, results, replies and DLQ, its output."""
     k = settings.kafka
     ensure_topics(settings, [route.in_topic], bootstrap=k.for_tier(route.tier))
-    ensure_topics(settings, [settings.topic("results"), settings.topic("dlq")], bootstrap=k.bootstrap)
+    ensure_topics(settings, [settings.topic(kind) for kind in ("results", "replies", "dlq")], bootstrap=k.bootstrap)
     if route.out_topic:
         ensure_topics(settings, [route.out_topic], bootstrap=k.for_tier(route.next_tier))

@@ -67,7 +67,7 @@ class RecordReader:
                  limits: Limits, app: str):
         self.is_entry, self.version, self.limits, self.app = is_entry, version, limits, app
         self.shape, self.dtype = input_shape, input_dtype if is_entry else "float32"
-        self._internal = {f"{app}.{kind}" for kind in ("requests", "dlq", "training", "feedback")}
+        self._internal = {f"{app}.{kind}" for kind in ("requests", "replies", "dlq", "training", "feedback")}
         self._layout: codec.TensorLayout | None = None  # of the last tensor record decoded
 
     def read(self, m: Any, received_ms: int) -> Request:

@@ -62,7 +62,9 @@ class TierWorker:
                                                  self.ws.max_deadline_ms))
         self.outputs = Outputs(settings, self.route, model, self.metrics, self.clock, self.memory, self.pending)
         self.answers = AnswerWatch(settings, self.tier, version, self.memory, self.pending, self.clock, self.metrics,
-                                   follow=self.route.out_topic is not None)
+                                   entry=self.route.is_entry, follow=self.route.out_topic is not None)
+        self.answers.on_reply = lambda p, reply: self.outputs.publish_reply(p.batch, p.request_id, p.entry,  # noqa: E731
+                                                                            p.reply_to, reply)
         self.consumed = 0  # input records done with (answered, forwarded, dropped or dead-lettered)
         self._stop = threading.Event()
         self._assigned = False
@@ -109,7 +111,7 @@ class TierWorker:
                 self._publish_staged(wait=not records)  # answer, forward or drop, in consumption order
                 self._bound_unacknowledged()
                 self.answers.poll()  # answers of upper tiers resolve this tier's forwards
-                lost = self.outputs.answer_overdue(self.answers.barrier)  # forwards unanswered at their close: degraded
+                lost = self.outputs.answer_overdue()  # forwards unanswered at their close: degraded
                 if self.adaptive is not None:  # the thresholds in force follow the upstream's latency
                     self.adaptive.lost(time.monotonic(), lost)
                     self.adaptive.update(time.monotonic())
@@ -164,7 +166,7 @@ class TierWorker:
                                              self.ws.drain_timeout_s)
             while len(self.pending) and self.answers.recalled and time.monotonic() < give_up:
                 self.answers.poll(True)
-                self.outputs.answer_overdue(self.answers.barrier)
+                self.outputs.answer_overdue()
                 self.outputs.serve_deliveries(0.01)
             self.outputs.flush(30)
             self._commit(final=True)
@@ -212,6 +214,11 @@ class TierWorker:
                 self.outputs.dead_letter(batch, m, rej)
                 continue
             known = known_entry(req.request_id, self.memory, self.pending, self._in_progress)
+            if known is None and r.is_entry:
+                reply = self.answers.take_early(req.request_id)
+                if reply is not None:  # answered above before this tier held it (it restarted): publish that
+                    self.outputs.publish_reply(batch, req.request_id, req.entry, req.reply_to, reply)
+                    continue
             if known is not None:
                 if r.is_entry and known not in ("", req.entry):
                     self.outputs.dead_letter(batch, m, Rejected("duplicate_id", f"request id {req.request_id!r} was "

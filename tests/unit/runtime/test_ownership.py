@@ -12,7 +12,6 @@ from runtime.ownership import (
     Pending,
     PendingForwards,
     TierClock,
-    answer_timeout,
     decide,
     window_close,
 )
@@ -47,7 +46,7 @@ def test_decisions(now, index, confident, action):
     assert _decide(now, index, confident) is action
 
 
-def test_at_any_time_at_most_one_tier_may_publish_for_a_request_it_holds():
+def test_an_upper_tier_answers_only_before_the_tier_below_falls_back():
     """Whatever each tier does at time t, the windows in which each publishes do not overlap across tiers
     except where a lower tier answers at once *instead of* forwarding (then no upper tier holds it)."""
     for now in range(D - 3 * G, D + 4 * G, 17):
@@ -93,13 +92,3 @@ def test_pending_forwards_come_due_in_time_order_and_resolve_once():
     assert pf.resolve("c").request_id == "c" and pf.resolve("c") is None
     assert [p.request_id for p in pf.due(25)] == ["b"]
     assert pf.next_close() == 30 and pf.last_close() == 30 and len(pf) == 1
-
-
-def test_an_upper_answer_gets_the_longest_timeout_that_lands_it_half_a_grace_before_the_tier_below_answers():
-    timeouts = (31, 125, 500, 2000, 8000)
-    close = 10_000  # the tier below may answer degraded at close + 250
-    assert answer_timeout(close, close - 5000, 250, timeouts) == 2000  # 5125 ms left
-    assert answer_timeout(close, close, 250, timeouts) == 125  # at its own close: 125 ms left
-    assert answer_timeout(close, close + 90, 250, timeouts) == 31  # a degraded answer given a little late
-    assert answer_timeout(close, close + 100, 250, timeouts) is None  # 25 ms left: not produced at all
-    assert answer_timeout(close, close + 400, 250, timeouts) is None
