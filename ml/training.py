@@ -32,6 +32,11 @@ class TrainConfig:
     # loss = cross-entropy + distill_weight * T^2 * KL(final_T || exit_T); 0 = plain joint training.
     distill_weight: float = 0.0
     distill_temperature: float = 3.0
+    # Light augmentation of each training batch (validation, calibration and serving see the images as
+    # they are): a random shift of up to this many pixels (border pixels repeated), 0 = off, and a random
+    # left-right mirror. For data where a mirrored image means another class (digits, text), set flip off.
+    augment_shift: int = 0
+    augment_flip: bool = False
 
 
 @dataclass
@@ -118,6 +123,47 @@ def distillation_trainer(model, weight: float, temperature: float):
     losses = [distilled] * (n - 1) + ["sparse_categorical_crossentropy"]
     metrics = [[accuracy] for _ in range(n - 1)] + [["accuracy"]]
     return trainer, losses, metrics
+
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, shift: int, flip: bool) -> np.ndarray:
+    """``x`` (n, h, w, c) with each image shifted by up to ``shift`` pixels each way (the border pixels
+    repeated into the gap) and, if ``flip``, mirrored left-right with probability 1/2."""
+    n, h, w = x.shape[:3]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        x = x.copy()
+        x[mirror] = x[mirror, :, ::-1]
+    if shift > 0:
+        pad = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+        dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
+        rows = (dy[:, None] + np.arange(h))[:, :, None]
+        cols = (dx[:, None] + np.arange(w))[:, None, :]
+        x = pad[np.arange(n)[:, None, None], rows, cols]
+    return x
+
+
+def _augmented_batches(x: np.ndarray, y: np.ndarray, n_exits: int, batch_size: int, cfg: TrainConfig):
+    """Shuffled, augmented training batches, drawn afresh every epoch from the seed."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(cfg.seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            xb = augment_batch(x[idx], self.rng, cfg.augment_shift, cfg.augment_flip)
+            return xb, tuple([y[idx]] * n_exits)
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return Batches()
 
 
 def _progress_callback(epochs: int, steps: int, enabled: bool, max_seconds: float | None):
@@ -285,8 +331,12 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
         callbacks.append(early)
     t0 = time.monotonic()
-    hist = trainer.fit(x, [y] * n, epochs=cfg.epochs,
-                       batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    if cfg.augment_shift > 0 or cfg.augment_flip:
+        hist = trainer.fit(_augmented_batches(x, y, n, batch_size, cfg), epochs=cfg.epochs, verbose=0,
+                           callbacks=callbacks)
+    else:
+        hist = trainer.fit(x, [y] * n, epochs=cfg.epochs,
+                           batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     seconds = time.monotonic() - t0
     # the distillation trainer's outputs are named <exit>_distill: report them under the exits' names
     history = {k.replace("_distill_", "_"): [float(v) for v in vals] for k, vals in hist.history.items()}
