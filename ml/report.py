@@ -61,7 +61,7 @@ def run_report(out_dir: str | Path, epochs: int = 100, max_train_seconds: float 
 
     train = load_fashion_mnist("train").subset(n_train, seed=seed)
     test = load_fashion_mnist("test")
-    cfg = PipelineConfig(tolerance=tolerance, train=TrainConfig(epochs=epochs, batch_size=128, seed=seed, patience=2,
+    cfg = PipelineConfig(tolerance=tolerance, train=TrainConfig(epochs=epochs, batch_size=128, seed=seed, patience=3,
                                                                  progress=progress, max_seconds=max_train_seconds))
     result = run_pipeline(train, out_dir, cfg, test=test, metadata={"dataset": "fashion-mnist", "split": "train/test"})
     report = result.report
