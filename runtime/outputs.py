@@ -27,7 +27,6 @@ from runtime.ownership import (
     PendingForwards,
     TierClock,
     answer_timeout,
-    window_close,
 )
 from runtime.route import Route
 from runtime.settings import Settings
@@ -173,9 +172,9 @@ class Outputs:
             self.metrics.record("forward_failed")
 
     def answer(self, batch: Batch, rid: str, entry: str, label: int, confidence: float, exit_id: int,
-               origin: int | None, reply_to: str | None, received: int, close_at: int,
+               origin: int | None, reply_to: str | None, received: int, close_at: int, now: int,
                degraded: bool = False) -> None:
-        now = self.clock.now()
+        """Publish one answer; ``now`` is the tier clock when its batch was decided (read once per batch)."""
         tier_latency, latency = now - received, (now - origin) if origin is not None else None
         body = self.answers.body(rid, label, confidence, exit_id, tier_latency, latency, degraded)
         rid_b = rid.encode()
@@ -197,7 +196,7 @@ class Outputs:
             self._e2e_latency_ms.append(max(latency, 0))
 
     def act(self, action: Action, batch: Batch, req: Request, activation: bytes | None, label: int,
-            confidence: float, exit_id: int, received: int) -> str | tuple[str, int]:
+            confidence: float, exit_id: int, received: int, now: int) -> str | tuple[str, int]:
         """Carry out this tier's decision on one request; returns its outcome, ``("exit", id)`` for answers."""
         trace = None if self.tracer is None else self.tracer.decided(req.record, req.request_id, received,
                                                                      action.value, exit_id, confidence)
@@ -209,9 +208,8 @@ class Outputs:
                 action = Action.DEGRADE
         if action is Action.EXPIRE:
             return "expired"
-        close_at = window_close(req.deadline, self.route.index, self.route.n_tiers, self.ws.degrade_grace_ms)
         self.answer(batch, req.request_id, req.entry, label, confidence, exit_id, req.origin_ts, req.reply_to,
-                    received, close_at, degraded=action is Action.DEGRADE)
+                    received, req.close_at, now, degraded=action is Action.DEGRADE)
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
@@ -227,8 +225,7 @@ class Outputs:
         # from above, and this tier answers degraded when its window closes.
         self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,
                    req.record.key(), activation, headers, header_bytes, timestamp=self.clock.now(), wait=False)
-        close_at = window_close(req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms)
-        self.pending.add(Pending(req.request_id, close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
+        self.pending.add(Pending(req.request_id, req.close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
                                  received, req.entry, batch))
         batch.unresolved += 1
 
@@ -250,11 +247,11 @@ class Outputs:
         seen_until = barrier()
         if seen_until is None:
             return 0
-        n = 0
+        n, now = 0, self.clock.now()
         for p in self.pending.due(seen_until):
             try:
                 self.answer(p.batch, p.request_id, p.entry, p.label, p.confidence, p.exit_id, p.origin_ts,
-                            p.reply_to, p.received_ts, p.close_at, degraded=True)
+                            p.reply_to, p.received_ts, p.close_at, now, degraded=True)
             except Exception as exc:  # nothing to fall back to here: restart, and the replay answers it
                 raise RuntimeError(f"degraded answer to {p.request_id!r} not produced: {exc}") from exc
             p.batch.unresolved -= 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +57,14 @@ def answer_timeout(close_at: int, now: int, grace_ms: int, timeouts: tuple[int, 
     return best
 
 
-def decide(now: int, deadline: int, index: int, n_tiers: int, grace_ms: int, confident: bool) -> Action:
-    """What tier ``index`` of ``n_tiers`` does with a request at ``now`` (rules 1, 2 and 4)."""
-    if index > 0 and now >= window_close(deadline, index, n_tiers, grace_ms):
+def decide(now: int, close_at: int, grace_ms: int, *, entry: bool, top: bool, confident: bool) -> Action:
+    """What a tier whose window closes at ``close_at`` (`window_close`) does with a request at ``now`` (rules 1,
+    2 and 4); the next tier's window closes one grace earlier."""
+    if not entry and now >= close_at:
         return Action.EXPIRE
-    if confident or index == n_tiers - 1:
+    if confident or top:
         return Action.ANSWER
-    if now >= window_close(deadline, index + 1, n_tiers, grace_ms):
+    if now >= close_at - grace_ms:
         return Action.DEGRADE
     return Action.FORWARD
 
@@ -91,7 +92,7 @@ class TierClock:
         return max(self._buckets)
 
     def now(self) -> int:
-        return self.local() + self.correction_ms
+        return int(time.time() * 1000) + self.skew_ms + max(self._buckets)  # = local() + correction_ms
 
     def observe(self, sender_ms: int, local_ms: int) -> None:
         """A record stamped ``sender_ms`` by the tier below arrived at ``local_ms`` (this clock)."""
@@ -115,6 +116,9 @@ class AnswerMemory:
     def __init__(self, capacity: int = 1_000_000):
         self.capacity = capacity
         self._entries: dict[str, str] = {}
+        # Where the answered request entered, "" if unknown, None if it is not known to be answered (the
+        # dict's own get: asked for every record a tier consumes).
+        self.entry_of: Callable[[str], str | None] = self._entries.get
 
     def add(self, request_id: str, entry: str = "") -> None:
         if request_id not in self._entries:
@@ -123,10 +127,6 @@ class AnswerMemory:
                 del self._entries[next(iter(self._entries))]
         elif entry and not self._entries[request_id]:
             self._entries[request_id] = entry
-
-    def entry_of(self, request_id: str) -> str | None:
-        """Where the answered request entered, "" if unknown, None if it is not known to be answered."""
-        return self._entries.get(request_id)
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._entries
@@ -168,13 +168,11 @@ class PendingForwards:
     def __init__(self) -> None:
         self._by_id: dict[str, Pending] = {}
         self._closes: list[tuple[int, str]] = []
+        self.get: Callable[[str], Pending | None] = self._by_id.get  # the pending forward of a request id
 
     def add(self, p: Pending) -> None:
         self._by_id[p.request_id] = p
         heapq.heappush(self._closes, (p.close_at, p.request_id))
-
-    def get(self, request_id: str) -> Pending | None:
-        return self._by_id.get(request_id)
 
     def resolve(self, request_id: str) -> Pending | None:
         """The pending forward an answer resolves (None if it was not pending here)."""

@@ -236,7 +236,8 @@ class AutoscalingSettings(BaseModel):
     max_replicas: dict[str, int] = Field(default_factory=dict)
     polling_interval_s: int = Field(15, ge=1)
     cooldown_s: int = Field(300, ge=0)
-    # TriggerAuthentication (in the tier namespace) with the broker's SASL/TLS secrets, when it needs them.
+    # A TriggerAuthentication of your own (tier namespace) for the Kafka scaler. Unset, the rollout applies one
+    # with the Secret references the tier pods use (k8s.kafka_secrets) when the broker needs credentials.
     trigger_authentication: str | None = None
 
 
@@ -310,6 +311,11 @@ class KubernetesSettings(BaseModel):
     termination_grace_s: int = 30
     # A pod restarted this often while rolling out fails the rollout at once (no need to wait).
     max_restarts: int = 2
+    # Seconds between one entry-tier pod of a stopped release leaving and the next (the entry tier's consumer
+    # group outlives releases); 0 stops them together, which Kafka copes with. The embedded broker loses the group
+    # for good (no member is assigned again) when the group's leader leaves while the group re-forms after another
+    # member left, so where it runs, space them by more than a group's re-forming (the testbed: 10 s).
+    entry_retire_interval_s: float = 0.0
     # Optional KubernetesPodOperator pod template file merged under the generated pod.
     pod_template_file: str | None = None
     # Plain env of every tierflow pod (tiers, trainer), e.g. a proxy; never secrets (see secret_env).

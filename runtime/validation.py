@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ class Request:
     reply_to: str | None
     entry: str  # partition/offset of the request on APP.requests
     sample: np.ndarray
+    close_at: int = 0  # epoch ms at which this tier's window closes (`runtime.ownership.window_close`), set by
+    # the worker that reads it
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ class RecordReader:
             raw = m.headers() or []
         except Exception as exc:
             raise Rejected("headers", f"record headers could not be read: {exc}") from None
-        header_bytes = sum(len(k) + len(v or b"") for k, v in raw)
+        try:
+            header_bytes = sum(map(len, chain.from_iterable(raw)))  # one C loop: on every record's path
+        except TypeError:  # a header without a value
+            header_bytes = sum(len(k) + len(v or b"") for k, v in raw)
         if header_bytes > MAX_HEADER_BYTES:
             raise Rejected("oversized", f"record headers of {header_bytes} bytes exceed {MAX_HEADER_BYTES}")
         try:
@@ -123,19 +129,18 @@ class RecordReader:
             deadline = origin + self.limits.default_deadline_ms
         deadline = min(deadline, received_ms + self.limits.max_deadline_ms)
         content_type = headers.get(codec.CONTENT_TYPE) if self.is_entry else codec.TENSOR
-        try:
-            sample = self._decode(value, content_type)
+        try:  # a tensor record with the layout of the last one decodes with one frombuffer
+            sample = self._layout.decode(value) if (value and self._layout is not None
+                                                    and content_type in (None, codec.TENSOR)) else None
+            if sample is None:
+                sample = self._decode(value, content_type)
         except CodecError as exc:
             raise Rejected("decode", str(exc)) from None
         return Request(m, rid, origin, deadline, reply_to, entry, sample)
 
     def _decode(self, value: bytes | None, content_type: str | None) -> np.ndarray:
-        """The sample; a tensor record with the layout of the last one decodes with one frombuffer."""
+        """The sample of a record that does not have the last tensor layout (that layout is then this one's)."""
         if value and content_type in (None, codec.TENSOR):
-            if self._layout is not None:
-                sample = self._layout.decode(value)
-                if sample is not None:
-                    return sample
             self._layout, sample = codec.TensorLayout.of(value, self.shape, self.dtype)
             return sample
         return codec.decode_input(value, content_type, self.shape, self.dtype)

@@ -198,14 +198,14 @@ class TierWorker:
         batch = self.ledger.open(len(records))
         r, grace = self.route, self.ws.degrade_grace_ms
         requests: list[Request] = []
-        replayed = expired = 0
+        replayed = expired = newest = 0
         for m in records:
             if m.error():
                 log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
                 continue
             batch.consumed(m.topic(), m.partition(), m.offset())
             if not r.is_entry:
-                self.clock.observe(m.timestamp()[1], received)
+                newest = max(newest, m.timestamp()[1])
             try:
                 req = self.reader.read(m, received)
             except Rejected as rej:
@@ -219,11 +219,14 @@ class TierWorker:
                 else:  # a replay after a restart or a rebalance, or a duplicated forward: answered already
                     replayed += 1
                 continue
-            if not r.is_entry and received >= window_close(req.deadline, r.index, r.n_tiers, grace):
+            req.close_at = window_close(req.deadline, r.index, r.n_tiers, grace)
+            if not r.is_entry and received >= req.close_at:
                 expired += 1  # the tier below owns it now and answers it
                 continue
             self._in_progress[req.request_id] = req.entry
             requests.append(req)
+        if newest:  # the sender's clock, as the newest forward of the batch carries it
+            self.clock.observe(newest, received)
         self.metrics.record("replayed", replayed)
         self.metrics.record("expired", expired)
         inference = self.inference.submit(np.stack([q.sample for q in requests])) if requests else None
@@ -256,10 +259,11 @@ class TierWorker:
             self.outputs.answers.in_force(self.model.exit_ids, inf.thresholds, inf.thresholds is not self.model.thresholds)
             for i, req in enumerate(staged.requests):
                 activation = None if inf.confident[i] else next(forwards)
-                action = decide(now, req.deadline, r.index, r.n_tiers, self.ws.degrade_grace_ms, inf.confident[i])
+                action = decide(now, req.close_at, self.ws.degrade_grace_ms, entry=r.is_entry,
+                                top=r.out_topic is None, confident=inf.confident[i])
                 try:
                     outcomes[self.outputs.act(action, batch, req, activation, inf.labels[i], inf.confidences[i],
-                                              inf.exits[i], staged.received)] += 1
+                                              inf.exits[i], staged.received, now)] += 1
                 except Exception as exc:  # e.g. the producer refused the output: the record is a dead letter
                     self.outputs.dead_letter(batch, req.record, Rejected("produce", f"output not produced: {exc}"))
             self.metrics.count(outcomes)

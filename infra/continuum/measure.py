@@ -93,7 +93,9 @@ def run_load(tb: Testbed, settings: Settings, x: np.ndarray, phases: list[Phase]
             if kind in ("phase_start", "phase_end", "phase_quiet"):
                 run.marks[f"{name}:{kind.split('_')[1]}"] = {"t_ms": ev["t_ms"], "bytes": tb.link_bytes(),
                                                             "cpu": tb.cpu_seconds(),
-                                                            "throttled": tb.throttled_seconds()}
+                                                            "throttled": tb.throttled_seconds(),
+                                                            "machine_busy_s": machine_busy_s(),
+                                                            "sampled_s": time.monotonic()}
             if kind == "phase_start":
                 for at_s, fn in (actions or {}).get(name, []):
                     timers.append(threading.Timer(at_s, _logged(fn, run)))
@@ -177,12 +179,38 @@ def saturation(run: LoadRun, steps: list[Phase], deadline_ms: int) -> dict[str, 
         held = p99 <= deadline_ms and on_time == len(rows)
         table.append({"offered_rps": p.rate, "sent": len(rows), "achieved_rps": len(rows) / send_s,
                       "on_time": on_time, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": p99, "held": held,
-                      "phase_s": (end - start) / 1000})
+                      "phase_s": (end - start) / 1000, **step_cpu(run, p.name)})
         if held:
             best = max(best, p.rate)
     # every step held: the saturation point lies above the highest step (a lower bound, not a measurement)
     lower_bound = bool(table) and all(t["held"] for t in table)
     return {"steps": table, "saturation_rps": best, "lower_bound": lower_bound}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process: /proc/stat), 0 if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def step_cpu(run: LoadRun, phase: str) -> dict[str, Any]:
+    """Where the CPU went during one step: cores used per site and helper kind, the share of the step each
+    site spent throttled at its quota, and the cores the whole machine was busy (all of them: saturated)."""
+    start, end = run.marks[f"{phase}:start"], run.marks[f"{phase}:end"]
+    # over the time between the two samples (this process may read the phase's events late on a busy machine)
+    seconds = max(end["sampled_s"] - start["sampled_s"] if "sampled_s" in end else
+                  (end["t_ms"] - start["t_ms"]) / 1000, 1e-3)
+    out: dict[str, Any] = {
+        "cpu_cores": {k: v / seconds for k, v in delta(run, phase, "cpu").items()},
+        "throttled_share": {k: v / seconds for k, v in delta(run, phase, "throttled").items()}}
+    if "machine_busy_s" in end:
+        out["machine_cores_busy"] = (end["machine_busy_s"] - start["machine_busy_s"]) / seconds
+    return out
 
 
 def hop_breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def table(report: dict[str, Any]) -> str:
     lines += [label.ljust(width) + "".join(v.rjust(colw) for v in vs) for label, vs in rows]
     for name in names:
         lines.append(f"{name}: per-tier figures from {runs[name].get('per_tier', {}).get('source', _DEVICE)}")
+    for name in names:
+        lines += [f"{name}: stepped load (where the CPU went per step)", *step_lines(runs[name])]
     base = report.get("baseline")
     for name, rat in report.get("ratios", {}).items():
         lines.append(f"\n{name} / {base}:")
@@ -83,6 +86,21 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"  {key:24s} {_fmt(value, 3):>8s}   target {op} {goal_text}   "
                          f"{'met' if ok else 'MISSED'}")
     return "\n".join(lines)
+
+
+def step_lines(run: dict[str, Any]) -> list[str]:
+    """One line per load step: latency, then the cores each site and helper used, the share of the step each
+    site was throttled at its quota, and how busy the whole machine was (its cores are shared by all sites)."""
+    out = []
+    for s in run["saturation"]["steps"]:
+        cores = " ".join(f"{k} {v:.2f}" for k, v in s.get("cpu_cores", {}).items() if v >= 0.005)
+        throttled = " ".join(f"{k} {100 * v:.0f}%" for k, v in s.get("throttled_share", {}).items() if v >= 0.005)
+        busy = s.get("machine_cores_busy")
+        out.append(f"  {s['offered_rps']:6g}/s p50 {s['p50_ms']:6.0f} p99 {s['p99_ms']:6.0f} ms "
+                   f"{'held' if s['held'] else 'MISSED'}; cores: {cores or 'n/a'}"
+                   + (f"; throttled: {throttled}" if throttled else "")
+                   + (f"; machine busy {busy:.2f} of {os.cpu_count()} cores" if busy is not None else ""))
+    return out
 
 
 def write_json(report: dict[str, Any], out_dir: Path) -> Path:

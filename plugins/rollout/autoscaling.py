@@ -23,14 +23,17 @@ from runtime.settings import Settings
 KEDA_GROUP = "keda.sh"
 KEDA_VERSION = "v1alpha1"
 SCALED_OBJECTS = "scaledobjects"
+TRIGGER_AUTHENTICATIONS = "triggerauthentications"
 # librdkafka security.protocol / sasl.mechanism -> the KEDA Kafka scaler's `tls` and `sasl` metadata.
 _SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
 
 def scaled_object(settings: Settings, release: Release, spec: TierWorkerSpec, *, name: str,
-                  labels: Mapping[str, str], bootstrap: str | None = None) -> dict[str, Any]:
+                  labels: Mapping[str, str], bootstrap: str | None = None,
+                  authentication: str | None = None) -> dict[str, Any]:
     """The ScaledObject for the Deployment ``name`` running ``spec`` (``bootstrap``: the servers its
-    workers consume from, default the tier's)."""
+    workers consume from, default the tier's; ``authentication``: the TriggerAuthentication of the scaler,
+    `plugins.rollout.kubernetes.kafka_scaler_authentication`)."""
     k, ks = settings.kafka, settings.k8s
     route = plan_route(settings, spec.tier, release.version, [s.tier for s in release.tiers])
     meta = {
@@ -46,8 +49,8 @@ def scaled_object(settings: Settings, release: Release, spec: TierWorkerSpec, *,
     if k.sasl_mechanism:
         meta["sasl"] = _SASL[k.sasl_mechanism]
     trigger: dict[str, Any] = {"type": "kafka", "name": "consumer-lag", "metadata": meta}
-    if ks.autoscaling.trigger_authentication:
-        trigger["authenticationRef"] = {"name": ks.autoscaling.trigger_authentication}
+    if authentication:
+        trigger["authenticationRef"] = {"name": authentication}
     return {
         "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
         "kind": "ScaledObject",

@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ml.contract import TIERS
-from plugins.rollout.autoscaling import KEDA_GROUP, KEDA_VERSION, SCALED_OBJECTS, scaled_object
+from ml.contract import FULL, TIERS
+from plugins.rollout.autoscaling import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    SCALED_OBJECTS,
+    TRIGGER_AUTHENTICATIONS,
+    scaled_object,
+)
 from plugins.rollout.base import Release, RolloutBackend, RolloutError, TierWorkerSpec
 from runtime.settings import ENV_PREFIX, EdgeSite, Settings, get_settings, settings_env
 
@@ -141,6 +147,36 @@ def kafka_tls_volume(settings: Settings) -> tuple[k8s.V1Volume, k8s.V1VolumeMoun
         k8s.V1VolumeProjection(secret=k8s.V1SecretProjection(name=secret, items=items))
         for secret, items in by_secret.items()]))
     return volume, k8s.V1VolumeMount(name="kafka-tls", mount_path=settings.k8s.kafka_tls_dir, read_only=True)
+
+
+# Kafka credential setting -> the KEDA Kafka scaler's authentication parameter that takes the same secret.
+_SCALER_AUTH_PARAMS = {"sasl_password": "password", "ssl_key_password": "keyPassword", "ssl_ca_location": "ca",
+                       "ssl_certificate_location": "cert", "ssl_key_location": "key"}
+
+
+def kafka_scaler_authentication(settings: Settings) -> tuple[str | None, dict[str, Any] | None]:
+    """The TriggerAuthentication KEDA's Kafka scaler uses (its name, or None) and the one the rollout applies
+    (or None): the one the settings name, else, when the broker needs credentials, one with the Secret
+    references the tier pods read (password, CA, client certificate and key) and the SASL user name from the
+    tier container's own env (a plain setting, not a secret)."""
+    named = settings.k8s.autoscaling.trigger_authentication
+    if named:
+        return named, None
+    files = {f: (secret, key) for f, (secret, key, _) in kafka_tls_files(settings).items()}
+    passwords = {env.removeprefix(f"{ENV_PREFIX}KAFKA__").lower(): secret_ref(settings, ref)
+                 for env, ref in kafka_secret_env(settings).items()}
+    refs = {**files, **passwords}
+    if not refs:
+        return None, None
+    name = dns_label(f"{settings.app}-kafka-scaler")
+    spec: dict[str, Any] = {"secretTargetRef": [{"parameter": param, "name": refs[f][0], "key": refs[f][1]}
+                                                for f, param in _SCALER_AUTH_PARAMS.items() if f in refs]}
+    if settings.kafka.sasl_username:
+        spec["env"] = [{"parameter": "username", "name": f"{ENV_PREFIX}KAFKA__SASL_USERNAME"}]
+    return name, {"apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}", "kind": "TriggerAuthentication",
+                  "metadata": {"name": name, "namespace": settings.k8s.namespace,
+                               "labels": {"app.kubernetes.io/part-of": "tierflow", "tierflow.io/app": settings.app}},
+                  "spec": spec}
 
 
 def hardened_pod(settings: Settings) -> dict[str, Any]:
@@ -368,26 +404,34 @@ class KubernetesRolloutBackend(RolloutBackend):
             self.apps.replace_namespaced_deployment(name, self.namespace, body)
             log.info("replaced Deployment %s/%s", self.namespace, name)
         if self.settings.k8s.autoscaling.enabled:
+            auth_name, auth = kafka_scaler_authentication(self.settings)
+            if auth is not None:
+                self._apply_keda(TRIGGER_AUTHENTICATIONS, auth)
             self._apply_scaled_object(scaled_object(self.settings, release, spec, name=name,
                                                     labels=body.metadata.labels,
-                                                    bootstrap=site.bootstrap if site else None))
+                                                    bootstrap=site.bootstrap if site else None,
+                                                    authentication=auth_name))
 
-    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
-        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+    def _apply_keda(self, plural: str, body: dict[str, Any]) -> None:
+        """Create or replace a KEDA object of this namespace."""
         from kubernetes.client.exceptions import ApiException
 
-        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, SCALED_OBJECTS)
+        name, args = body["metadata"]["name"], (KEDA_GROUP, KEDA_VERSION, self.namespace, plural)
         try:
             self.custom.create_namespaced_custom_object(*args, body)
         except ApiException as e:
             if e.status != 409:
-                raise RolloutError(f"cannot create ScaledObject {self.namespace}/{name} (is KEDA installed?): "
+                raise RolloutError(f"cannot create {body['kind']} {self.namespace}/{name} (is KEDA installed?): "
                                    f"{e.status} {e.reason}: {e.body}") from e
             current = self.custom.get_namespaced_custom_object(*args, name)
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self.custom.replace_namespaced_custom_object(*args, name, body)
+
+    def _apply_scaled_object(self, body: dict[str, Any]) -> None:
+        """Create or replace the tier's KEDA ScaledObject (KEDA then owns the Deployment's replica count)."""
+        self._apply_keda(SCALED_OBJECTS, body)
         spec = body["spec"]
-        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, name,
+        log.info("ScaledObject %s/%s: %d..%d replicas on the lag of group %s on %s", self.namespace, body["metadata"]["name"],
                  spec["minReplicaCount"], spec["maxReplicaCount"], spec["triggers"][0]["metadata"]["consumerGroup"],
                  spec["triggers"][0]["metadata"]["topic"])
 
@@ -477,6 +521,8 @@ class KubernetesRolloutBackend(RolloutBackend):
         selector = tier_labels(app, version, tier)
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
         names = [d.metadata.name for d in self.apps.list_namespaced_deployment(self.namespace, label_selector=sel).items]
+        interval = self.settings.k8s.entry_retire_interval_s if tier in (TIERS[0], FULL) else 0
+        left = None  # time.monotonic() the last pod left, when they leave one at a time
         for name in names:
             if self.settings.k8s.autoscaling.enabled:  # first, so KEDA stops scaling what is being removed
                 try:
@@ -485,6 +531,8 @@ class KubernetesRolloutBackend(RolloutBackend):
                 except ApiException as e:
                     if e.status != 404:
                         raise
+            if interval > 0:
+                left = self._scale_down_one_by_one(name, interval, left, timeout_s)
             try:
                 self.apps.delete_namespaced_deployment(
                     name, self.namespace, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
@@ -498,6 +546,36 @@ class KubernetesRolloutBackend(RolloutBackend):
                                    f"{[p.metadata.name for p in pods]}")
             time.sleep(self.poll_s)
         log.info("stopped Deployments %s in %s (pods got SIGTERM and exited)", names, self.namespace)
+
+    def _scale_down_one_by_one(self, name: str, interval_s: float, left: float | None,
+                               timeout_s: float) -> float | None:
+        """Takes a Deployment's pods away one at a time (each gets ``timeout_s`` to exit), each ``interval_s`` after
+        the previous one left (also one of another Deployment: ``left``), so the consumer group re-forms between
+        two leaves; returns when the last one left."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            dep = self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            return left
+        selector = dict(dep.spec.selector.match_labels)
+        replicas = len(self._pods(selector))
+        while replicas > 0:
+            if left is not None:
+                time.sleep(max(0.0, left + interval_s - time.monotonic()))
+            replicas -= 1
+            self.apps.patch_namespaced_deployment(name, self.namespace, {"spec": {"replicas": replicas}})
+            deadline = time.monotonic() + timeout_s
+            while len(self._pods(selector)) > replicas:
+                if time.monotonic() > deadline:
+                    raise RolloutError(f"pods of {name} still running after {timeout_s:.0f}s of scaling it down "
+                                       f"to {replicas}")
+                time.sleep(self.poll_s)
+            left = time.monotonic()
+            log.info("Deployment %s scaled down to %d (its pods leave one at a time)", name, replicas)
+        return left
 
     def running(self, app: str) -> dict[str, list[str]]:
         deps = self.apps.list_namespaced_deployment(

@@ -76,8 +76,6 @@ def run(scenarios: list[str], profile: str | None = None, bundle: str | None = N
             print(f"  thresholds for these links: {c['thresholds']} (offline tier shares {c['tier_fractions']}, "
                   f"accuracy {c['accuracy']:.4f} vs final exit {c['final_accuracy']:.4f})")
         print(hops(r))
-        print("  steps: " + "; ".join(f"{s['offered_rps']:g}/s p99 {s['p99_ms']:.0f} ms{'' if s['held'] else ' X'}"
-                                      for s in r["saturation"]["steps"]))
     print("\n" + " ".join(str(f) for f in files))
     print(machine_line())
     return result

@@ -27,8 +27,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "infra" / "k8s" / "overlays" / "testbed"
-# The rollout gives every tier Deployment a KEDA ScaledObject: the API needs KEDA's CRD (no operator runs).
-KEDA_CRD = Path(__file__).resolve().parent / "crds" / "keda.sh_scaledobjects.yaml"
+# The rollout gives every tier Deployment a KEDA ScaledObject (and, for a broker with credentials, a
+# TriggerAuthentication): the API needs KEDA's CRDs (no operator runs).
+KEDA_CRDS = [Path(__file__).resolve().parent / "crds" / f"keda.sh_{plural}.yaml"
+             for plural in ("scaledobjects", "triggerauthentications")]
 NAMESPACE = "tierflow"
 # Two edge nodes, one per edge site (tests of a release spanning sites), tier pools for the rest, and the
 # trainer's pool (KubernetesSettings.trainer.node_selector).
@@ -86,13 +88,14 @@ def k8s_admin_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 @pytest.fixture(scope="session")
 def k8s_overlay_settings(k8s_admin_kubeconfig: str) -> dict[str, str]:
-    """Applies KEDA's ScaledObject CRD, the testbed overlay and the tier Secret; returns the overlay's
+    """Applies KEDA's CRDs, the testbed overlay and the tier Secret; returns the overlay's
     TIERFLOW_* settings."""
     # the 1.20 API server predates the CRD's CEL rule (x-kubernetes-validations): kubectl's client-side check
     # would refuse it, the server drops it
-    kubectl("apply", "--validate=false", "-f", str(KEDA_CRD), kubeconfig=k8s_admin_kubeconfig)
+    for crd in KEDA_CRDS:
+        kubectl("apply", "--validate=false", "-f", str(crd), kubeconfig=k8s_admin_kubeconfig)
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh",
-            kubeconfig=k8s_admin_kubeconfig)
+            "crd/triggerauthentications.keda.sh", kubeconfig=k8s_admin_kubeconfig)
     kubectl("apply", "-k", str(OVERLAY), kubeconfig=k8s_admin_kubeconfig)
     from kubernetes import client, config
 

@@ -89,7 +89,9 @@ def test_rollout_pods_get_kafka_tls_files_and_sasl_password_from_secrets(k8s_set
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "tierflow-tier",
         "sasl_password": SecretStr(password), "ssl_ca_location": str(tmp_path / "orchestrator-ca.pem")})
     k8s = k8s_settings.k8s.model_copy(update={"kafka_secrets": {"ssl_ca_location": "kafka-ca/ca.crt",
-                                                                "sasl_password": "kafka-user/password"}})
+                                                                "sasl_password": "kafka-user/password"},
+                                              "autoscaling": k8s_settings.k8s.autoscaling.model_copy(
+                                                  update={"enabled": True})})
     settings = k8s_settings.model_copy(update={"kafka": kafka, "k8s": k8s})
     secrets = {"kafka-ca": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}, "kafka-user": {"password": password}}
     for name, data in secrets.items():
@@ -125,7 +127,22 @@ def test_rollout_pods_get_kafka_tls_files_and_sasl_password_from_secrets(k8s_set
                 log = ""
         assert "kafka-tls/ca.crt" in log, log[-2000:]
         assert password not in log
+        # KEDA's Kafka scaler gets the same credentials by reference, applied by the rollout identity.
+        custom = client.CustomObjectsApi(core.api_client)
+        (auth,) = custom.list_namespaced_custom_object("keda.sh", "v1alpha1", "tierflow", "triggerauthentications",
+                                                       label_selector=f"tierflow.io/app={settings.app}")["items"]
+        assert sorted((r["parameter"], r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]) == [
+            ("ca", "kafka-ca", "ca.crt"), ("password", "kafka-user", "password")]
+        scaled = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", "tierflow", "scaledobjects",
+                                                     deployment_name(settings.app, "4", "edge"))
+        assert scaled["spec"]["triggers"][0]["authenticationRef"] == {"name": auth["metadata"]["name"]}
+        assert password not in str(auth) + str(scaled)
     finally:
         backend.stop_tier(release.app, "4", "edge", timeout_s=60)
         for name in secrets:
             core.delete_namespaced_secret(name, "tierflow")
+        custom = client.CustomObjectsApi(core.api_client)
+        for item in custom.list_namespaced_custom_object("keda.sh", "v1alpha1", "tierflow", "triggerauthentications",
+                                                         label_selector=f"tierflow.io/app={settings.app}")["items"]:
+            custom.delete_namespaced_custom_object("keda.sh", "v1alpha1", "tierflow", "triggerauthentications",
+                                                   item["metadata"]["name"])

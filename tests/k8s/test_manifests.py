@@ -8,6 +8,7 @@ Strimzi requires of them (apiVersion, cluster label, KRaft roles).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,12 @@ from kubernetes import client
 from plugins.pipeline.deploy import make_release
 from plugins.rollout.autoscaling import scaled_object, scaling_problems
 from plugins.rollout.base import Release, TierWorkerSpec
-from plugins.rollout.kubernetes import deployment_name, tier_deployment, tier_labels
+from plugins.rollout.kubernetes import (
+    deployment_name,
+    kafka_scaler_authentication,
+    tier_deployment,
+    tier_labels,
+)
 from runtime.route import plan_route
 from runtime.settings import AutoscalingSettings, KafkaSettings, KubernetesSettings, Settings
 from tests.k8s.crd_schema import crd_problems
@@ -192,6 +198,42 @@ def test_kafka_sasl_tls_overlay_gives_tier_pods_secret_refs_only(monkeypatch):
     assert "sasl-hunter2" not in text
 
 
+def test_kafka_scaler_on_a_sasl_tls_broker_gets_a_trigger_authentication_with_the_pods_secret_refs(monkeypatch):
+    """With the production-sasl-tls settings and autoscaling on, the rollout's TriggerAuthentication (valid
+    against KEDA's CRD) gives the Kafka scaler the KafkaUser's password and the cluster CA from the same
+    Secrets the tier pods read, and the user name from the tier container's env; every ScaledObject uses it.
+    A TriggerAuthentication named in the settings is used instead, and none is rendered."""
+    (cm,) = [m for m in render("production-sasl-tls")
+             if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "tierflow-settings"]
+    for key in [k for k in os.environ if k.startswith("TIERFLOW_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**cm["data"], "TIERFLOW_KAFKA__SASL_PASSWORD": "sasl-hunter2",
+                       "TIERFLOW_K8S__AUTOSCALING__ENABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    name, auth = kafka_scaler_authentication(settings)
+    assert auth is not None and name == auth["metadata"]["name"] and crd_problems(auth) == []
+    assert sorted(auth["spec"]["secretTargetRef"], key=lambda r: r["parameter"]) == [
+        {"parameter": "ca", "name": "tierflow-cluster-ca-cert", "key": "ca.crt"},
+        {"parameter": "password", "name": "tierflow-tier", "key": "password"}]
+    assert auth["spec"]["env"] == [{"parameter": "username", "name": "TIERFLOW_KAFKA__SASL_USERNAME"}]
+    assert "sasl-hunter2" not in json.dumps(auth)
+    scaled = release_scaled_objects(settings)
+    assert {so["spec"]["triggers"][0]["authenticationRef"]["name"] for so in scaled} == {auth["metadata"]["name"]}
+    assert all(so["spec"]["triggers"][0]["metadata"]["sasl"] == "scram_sha512" for so in scaled)
+    assert all(crd_problems(so) == [] for so in scaled)
+    monkeypatch.setenv("TIERFLOW_K8S__AUTOSCALING__TRIGGER_AUTHENTICATION", "my-kafka-auth")
+    own = Settings(_env_file=None)
+    assert kafka_scaler_authentication(own) == ("my-kafka-auth", None)
+    assert {so["spec"]["triggers"][0]["authenticationRef"]["name"] for so in release_scaled_objects(own)} == {
+        "my-kafka-auth"}
+    for key in [k for k in os.environ if k.startswith("TIERFLOW_")]:
+        monkeypatch.delenv(key)
+    plain = Settings(_env_file=None, k8s=KubernetesSettings(autoscaling=AutoscalingSettings(enabled=True)))
+    assert kafka_scaler_authentication(plain) == (None, None)
+    assert all("authenticationRef" not in so["spec"]["triggers"][0] for so in release_scaled_objects(plain))
+
+
 def test_mutual_tls_files_and_key_password_come_from_the_tier_secret():
     """Defaults: CA, client certificate and key from keys of the tier Secret, mounted as files; the key's
     password by secretKeyRef; the orchestrator's own file paths and the password stay out of the pod spec."""
@@ -303,8 +345,10 @@ def release_scaled_objects(settings: Settings, version: str = "1") -> list[dict]
     tiers = ["edge", "fog", "cloud"]
     release = make_release(settings.app, version, {t: f"models:/fmnist-{t}/{version}" for t in tiers}, tiers,
                            backend="kubernetes", replicas=settings.k8s.replicas)
+    auth, _ = kafka_scaler_authentication(settings)
     return [scaled_object(settings, release, spec, name=deployment_name(release.app, version, spec.tier),
-                          labels=tier_labels(release.app, version, spec.tier)) for spec in release.tiers]
+                          labels=tier_labels(release.app, version, spec.tier), authentication=auth)
+            for spec in release.tiers]
 
 
 def test_production_kafka_topics_are_valid_strimzi_kafkatopics():

@@ -48,3 +48,21 @@ def test_table_per_tier_figures_and_their_source() -> None:
     assert "1/0/0" in degraded
     assert "a: per-tier figures from Prometheus at http://127.0.0.1:19090 (...)" in lines
     assert "cloud-only: per-tier figures from the device's own counts" in lines
+
+
+def test_step_cpu_from_phase_marks_and_its_lines() -> None:
+    from infra.continuum.measure import LoadRun, step_cpu
+
+    run = LoadRun([], {}, marks={
+        "step800:start": {"t_ms": 10_000, "cpu": {"edge": 1.0, "(broker)": 2.0}, "throttled": {"edge": 0.5},
+                          "machine_busy_s": 100.0, "sampled_s": 50.0},
+        "step800:end": {"t_ms": 14_000, "cpu": {"edge": 2.0, "(broker)": 6.0}, "throttled": {"edge": 2.5},
+                        "machine_busy_s": 107.6, "sampled_s": 54.0}})
+    cpu = step_cpu(run, "step800")
+    assert cpu["cpu_cores"] == {"edge": 0.25, "(broker)": 1.0}
+    assert cpu["throttled_share"] == {"edge": 0.5}
+    assert abs(cpu["machine_cores_busy"] - 1.9) < 1e-9
+    (line,) = rep.step_lines({"saturation": {"steps": [
+        {"offered_rps": 800, "p50_ms": 30.0, "p99_ms": 2500.0, "held": False, **cpu}]}})
+    assert "800/s" in line and "MISSED" in line and "edge 0.25 (broker) 1.00" in line
+    assert "throttled: edge 50%" in line and "machine busy 1.90 of" in line

@@ -25,6 +25,11 @@ def test_windows_close_one_grace_apart_from_the_top_down():
     assert window_close(D, 0, 1, G) == D  # cloud-only: the entry is the top tier
 
 
+def _decide(now: int, index: int, confident: bool) -> Action:
+    """`decide` for tier ``index`` of three, for a request with deadline D."""
+    return decide(now, window_close(D, index, 3, G), G, entry=index == 0, top=index == 2, confident=confident)
+
+
 @pytest.mark.parametrize(("now", "index", "confident", "action"), [
     (D - 100, 0, True, Action.ANSWER),
     (D - 100, 0, False, Action.FORWARD),
@@ -39,14 +44,14 @@ def test_windows_close_one_grace_apart_from_the_top_down():
     (D, 2, True, Action.EXPIRE),
 ])
 def test_decisions(now, index, confident, action):
-    assert decide(now, D, index, 3, G, confident) is action
+    assert _decide(now, index, confident) is action
 
 
 def test_at_any_time_at_most_one_tier_may_publish_for_a_request_it_holds():
     """Whatever each tier does at time t, the windows in which each publishes do not overlap across tiers
     except where a lower tier answers at once *instead of* forwarding (then no upper tier holds it)."""
     for now in range(D - 3 * G, D + 4 * G, 17):
-        actions = [decide(now, D, i, 3, G, False) for i in range(3)]
+        actions = [_decide(now, i, False) for i in range(3)]
         publishing_upper = [i for i in (1, 2) if actions[i] in (Action.ANSWER, Action.DEGRADE)]
         # An upper tier publishes only before the lower tier's fallback time (one grace of margin).
         for i in publishing_upper:
