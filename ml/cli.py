@@ -70,7 +70,8 @@ def train(
     epochs: int = 8,
     batch_size: Annotated[int, typer.Option(help="0 = auto: up to 128, smaller on small datasets so that an "
                                                  "epoch has at least 100 steps")] = 0,
-    exit_weights: Annotated[str | None, typer.Option(help="per-exit loss weights, e.g. '1,1,1'")] = None,
+    exit_weights: Annotated[str | None, typer.Option(help="per-exit loss weights, e.g. '1,1,1' (default: 0.6 "
+                                                         "each early exit, 1.0 the final)")] = None,
     seed: int = 0,
     patience: int = 2,
     max_seconds: Annotated[float | None, typer.Option(help="stop after the epoch that crosses this budget")] = None,
