@@ -42,6 +42,15 @@ def _exit_head(h, num_classes: int, i: int, hidden: int = 0, conv: int = 0, pool
     return L.Dense(num_classes, activation="softmax", name=f"exit_{i}")(h)
 
 
+def _separable_head(h, num_classes: int, i: int, filters: int):
+    """A side classifier with one depthwise-separable conv layer before it: a second layer of features for
+    a shallow exit at a fraction of a full conv's cost (3x3 depthwise + 1x1 pointwise)."""
+    L = _keras().layers
+    h = L.DepthwiseConv2D(3, padding="same", name=f"exit_{i}_depthwise")(h)
+    h = L.Conv2D(filters, 1, activation="relu", name=f"exit_{i}_pointwise")(h)
+    return _exit_head(h, num_classes, i)
+
+
 def _scaled(n: int, width: float) -> int:
     return max(4, int(round(n * width)))
 
@@ -49,7 +58,9 @@ def _scaled(n: int, width: float) -> int:
 def build_compact(input_shape=(28, 28, 1), num_classes: int = 10, width: float = 1.0, scale: float = 1 / 255.0):
     """Compact CNN for 28x28 images: a cheap first block (edge exit), two heavier blocks.
 
-    Edge ≈ 3 % of the full network's FLOPs, fog ≈ 50 %, so early answers save most of the compute.
+    Edge ≈ 8 % of the full network's FLOPs, fog ≈ 50 %, so early answers save most of the compute. The
+    edge exit's branch has a depthwise-separable conv layer of its own: a single conv layer and a linear
+    classifier were too weak to answer 80 % of Fashion-MNIST within a point of the final exit.
     """
     keras = _keras()
     L = keras.layers
@@ -57,7 +68,7 @@ def build_compact(input_shape=(28, 28, 1), num_classes: int = 10, width: float =
     h = L.Rescaling(scale, name="rescale")(x)
     h = L.Conv2D(_scaled(32, width), 3, padding="same", activation="relu", name="block0_conv")(h)
     h = L.MaxPooling2D(2, name="cut_0")(h)
-    e0 = _exit_head(h, num_classes, 0)
+    e0 = _separable_head(h, num_classes, 0, _scaled(48, width))
     h = L.Conv2D(_scaled(64, width), 3, padding="same", use_bias=False, name="block1_conv")(h)
     h = L.BatchNormalization(name="block1_bn")(h)
     h = L.ReLU(name="block1_relu")(h)

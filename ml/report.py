@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {
-    "final_exit_accuracy_min": 0.90,
-    "edge_fraction_min": 0.50,
+    "final_exit_accuracy_min": 0.92,
+    "edge_fraction_min": 0.80,
     "accuracy_drop_max_points": 1.0,
-    "relative_compute_max": 0.60,
+    "relative_compute_max": 0.30,
     "train_seconds_max": 300.0,
 }
 
@@ -32,26 +32,36 @@ def check(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ev = report["test"]
     first = next(iter(ev["tier_fractions"]))
     drop = (ev["final_exit_accuracy"] - ev["accuracy"]) * 100
+    t = TARGETS
     rows = {
-        "final-exit test accuracy >= 90 %": (ev["final_exit_accuracy"], ev["final_exit_accuracy"] >= TARGETS["final_exit_accuracy_min"]),
-        f"answered at {first} >= 50 %": (ev["tier_fractions"][first], ev["tier_fractions"][first] >= TARGETS["edge_fraction_min"]),
-        "overall accuracy >= final - 1.0 pt": (ev["accuracy"], drop <= TARGETS["accuracy_drop_max_points"] + 1e-9),
-        "mean compute <= 0.6x full network": (ev["relative_compute"], ev["relative_compute"] <= TARGETS["relative_compute_max"]),
-        "training time <= 300 s": (report["train_seconds"], report["train_seconds"] <= TARGETS["train_seconds_max"]),
+        f"final-exit test accuracy >= {t['final_exit_accuracy_min']:.0%}":
+            (ev["final_exit_accuracy"], ev["final_exit_accuracy"] >= t["final_exit_accuracy_min"]),
+        f"answered at {first} >= {t['edge_fraction_min']:.0%}":
+            (ev["tier_fractions"][first], ev["tier_fractions"][first] >= t["edge_fraction_min"]),
+        f"overall accuracy >= final - {t['accuracy_drop_max_points']:.1f} pt":
+            (ev["accuracy"], drop <= t["accuracy_drop_max_points"] + 1e-9),
+        f"mean compute <= {t['relative_compute_max']:.1f}x full network":
+            (ev["relative_compute"], ev["relative_compute"] <= t["relative_compute_max"]),
+        f"training time <= {t['train_seconds_max']:.0f} s":
+            (report["train_seconds"], report["train_seconds"] <= t["train_seconds_max"]),
     }
     return {k: {"value": float(v), "ok": bool(ok)} for k, (v, ok) in rows.items()}
 
 
-def run_report(out_dir: str | Path, epochs: int = 10, max_train_seconds: float = 260.0, seed: int = 0,
+def run_report(out_dir: str | Path, epochs: int = 100, max_train_seconds: float = 280.0, seed: int = 0,
                tolerance: float = 1.0, n_train: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train → calibrate → partition → evaluate on Fashion-MNIST and return report + checks."""
+    """Train → calibrate → partition → evaluate on Fashion-MNIST and return report + checks.
+
+    Training runs epochs until the budget (``epochs`` is only a cap) with the learning rate decayed over the
+    budget, so the model gets what the machine can do in the time; early stopping still ends it when the
+    validation loss stops improving. How many epochs fit depends on the machine and its load."""
     from ml.datasets import load_fashion_mnist
     from ml.pipeline import PipelineConfig, run_pipeline
     from ml.training import TrainConfig
 
     train = load_fashion_mnist("train").subset(n_train, seed=seed)
     test = load_fashion_mnist("test")
-    cfg = PipelineConfig(tolerance=tolerance, train=TrainConfig(epochs=epochs, batch_size=128, seed=seed, patience=2,
+    cfg = PipelineConfig(tolerance=tolerance, train=TrainConfig(epochs=epochs, batch_size=128, seed=seed, patience=3,
                                                                  progress=progress, max_seconds=max_train_seconds))
     result = run_pipeline(train, out_dir, cfg, test=test, metadata={"dataset": "fashion-mnist", "split": "train/test"})
     report = result.report

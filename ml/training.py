@@ -20,7 +20,7 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 0  # 0 = auto_batch_size(number of training samples); else this size
     learning_rate: float = 1e-3
-    exit_weights: Sequence[float] | None = None  # per exit; default 1.0 each
+    exit_weights: Sequence[float] | None = None  # per exit; default EARLY_EXIT_WEIGHT each early exit, 1.0 final
     seed: int = 0
     patience: int = 2  # early stopping on validation loss; 0 disables
     progress: bool = True
@@ -32,6 +32,11 @@ class TrainConfig:
     # loss = cross-entropy + distill_weight * T^2 * KL(final_T || exit_T); 0 = plain joint training.
     distill_weight: float = 0.0
     distill_temperature: float = 3.0
+    # Light augmentation of each training batch (validation, calibration and serving see the images as
+    # they are): a random shift of up to this many pixels (border pixels repeated), 0 = off, and a random
+    # left-right mirror. For data where a mirrored image means another class (digits, text), set flip off.
+    augment_shift: int = 0
+    augment_flip: bool = False
 
 
 @dataclass
@@ -45,6 +50,10 @@ class TrainResult:
 
 
 MIN_STEPS_PER_EPOCH = 100
+# Loss weight of each early exit by default (the final exit's is 1.0): the early exits' losses also train the
+# shared trunk toward early features; at 0.6 the compact model's final exit gained 0.35 pt on Fashion-MNIST
+# over equal weights (same seed, 12 epochs) and its edge exit stayed as accurate.
+EARLY_EXIT_WEIGHT = 0.6
 
 
 def auto_batch_size(n: int, largest: int = 128, smallest: int = 16) -> int:
@@ -71,7 +80,7 @@ def compile_multi_exit(model, exit_weights: Sequence[float] | None = None, learn
     import keras
 
     n = len(model.outputs)
-    weights = [1.0] * n if exit_weights is None else [float(w) for w in exit_weights]
+    weights = [EARLY_EXIT_WEIGHT] * (n - 1) + [1.0] if exit_weights is None else [float(w) for w in exit_weights]
     if len(weights) != n:
         raise ValueError(f"the model has {n} exits but {len(weights)} exit weights were given")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -118,6 +127,47 @@ def distillation_trainer(model, weight: float, temperature: float):
     losses = [distilled] * (n - 1) + ["sparse_categorical_crossentropy"]
     metrics = [[accuracy] for _ in range(n - 1)] + [["accuracy"]]
     return trainer, losses, metrics
+
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, shift: int, flip: bool) -> np.ndarray:
+    """``x`` (n, h, w, c) with each image shifted by up to ``shift`` pixels each way (the border pixels
+    repeated into the gap) and, if ``flip``, mirrored left-right with probability 1/2."""
+    n, h, w = x.shape[:3]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        x = x.copy()
+        x[mirror] = x[mirror, :, ::-1]
+    if shift > 0:
+        pad = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+        dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
+        rows = (dy[:, None] + np.arange(h))[:, :, None]
+        cols = (dx[:, None] + np.arange(w))[:, None, :]
+        x = pad[np.arange(n)[:, None, None], rows, cols]
+    return x
+
+
+def _augmented_batches(x: np.ndarray, y: np.ndarray, n_exits: int, batch_size: int, cfg: TrainConfig):
+    """Shuffled, augmented training batches, drawn afresh every epoch from the seed."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(cfg.seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, i):
+            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            xb = augment_batch(x[idx], self.rng, cfg.augment_shift, cfg.augment_flip)
+            return xb, tuple([y[idx]] * n_exits)
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return Batches()
 
 
 def _progress_callback(epochs: int, steps: int, enabled: bool, max_seconds: float | None):
@@ -232,7 +282,11 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 256) -> int:
     return len(layers)
 
 
-def _validation_callback(x_val, y_val, n: int, batch_size: int, x_bn: np.ndarray | None):
+def _validation_callback(x_val, y_val, n: int, batch_size: int, x_bn: np.ndarray | None,
+                         student=None, exit_weights: Sequence[float] = ()):
+    """With ``student`` (self-distillation), ``val_loss`` is the student's weighted cross-entropy: the
+    distillation term measures agreement with a teacher that changes every epoch, so it can rise while the
+    exits improve and would end training early (the distillation loss is kept as ``val_loss_with_distillation``)."""
     import keras
 
     class Validation(keras.callbacks.Callback):
@@ -242,6 +296,10 @@ def _validation_callback(x_val, y_val, n: int, batch_size: int, x_bn: np.ndarray
             if x_bn is not None:
                 recalibrate_batchnorm(self.model, x_bn, batch_size=max(batch_size, 256))
             val = self.model.evaluate(x_val, [y_val] * n, batch_size=batch_size, verbose=0, return_dict=True)
+            if student is not None:
+                ce = [m["loss"] for m in exit_metrics(predict_exits(student, x_val, batch_size=512), y_val)]
+                val["loss_with_distillation"] = val["loss"]
+                val["loss"] = float(np.dot(exit_weights, ce))
             if logs is not None:
                 logs.update({f"val_{k}": float(v) for k, v in val.items()})
 
@@ -277,7 +335,8 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         x_bn = x[np.sort(pick)]
     progress = _progress_callback(cfg.epochs, steps, cfg.progress, cfg.max_seconds)
     # validation first: the progress line, the budget check and early stopping read its val_* logs
-    callbacks = [_validation_callback(x_val, y_val, n, batch_size, x_bn), progress]
+    student = model if trainer is not model else None
+    callbacks = [_validation_callback(x_val, y_val, n, batch_size, x_bn, student, weights), progress]
     if cfg.cosine_decay:
         callbacks.append(_cosine_callback(cfg.learning_rate, steps * cfg.epochs, cfg.max_seconds))
     early = None
@@ -285,8 +344,12 @@ def train_multi_exit(model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
         callbacks.append(early)
     t0 = time.monotonic()
-    hist = trainer.fit(x, [y] * n, epochs=cfg.epochs,
-                       batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    if cfg.augment_shift > 0 or cfg.augment_flip:
+        hist = trainer.fit(_augmented_batches(x, y, n, batch_size, cfg), epochs=cfg.epochs, verbose=0,
+                           callbacks=callbacks)
+    else:
+        hist = trainer.fit(x, [y] * n, epochs=cfg.epochs,
+                           batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     seconds = time.monotonic() - t0
     # the distillation trainer's outputs are named <exit>_distill: report them under the exits' names
     history = {k.replace("_distill_", "_"): [float(v) for v in vals] for k, vals in hist.history.items()}

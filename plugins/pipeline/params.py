@@ -46,7 +46,7 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str]] = {
     # it on equal terms at the gate.
     "epochs": (5, {"type": "integer", "minimum": 1, "maximum": 200}, "Training epochs (1-200)."),
     "exit_loss_weights": (None, {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}},
-                          "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 1.0 each."),
+                          "Loss weight per exit, e.g. [1, 0.5, 0.3]; empty = 0.6 per early exit, 1.0 for the final."),
     "distill_weight": (0.0, {"type": "number", "minimum": 0, "maximum": 10},
                        "Self-distillation: weight of the final exit's softened outputs in each early exit's loss "
                        "(0 = plain joint training)."),

@@ -61,7 +61,7 @@ def test_edge_is_cheap_in_full_width_compact_model():
 
     model = build("compact", (28, 28, 1), 10)
     parts = partition(model)
-    assert parts[0].flops < 0.05 * full_network_flops(model)
+    assert parts[0].flops < 0.10 * full_network_flops(model)
     assert sum(p.flops for p in parts) > full_network_flops(model)  # side branches cost extra
 
 

@@ -97,7 +97,9 @@ def test_self_distillation_trains_the_model_itself_and_reports_under_the_exit_na
     r = train_multi_exit(model, x[:200], y[:200], x[200:], y[200:],
                          TrainConfig(epochs=1, batch_size=64, patience=0, progress=False, distill_weight=1.0))
     assert {"exit_0_accuracy", "val_exit_0_loss", "exit_2_accuracy"} <= set(r.history)
-    assert not any("distill" in k for k in r.history)
+    assert not any("distill" in k for k in r.history if k != "val_loss_with_distillation")
+    # early stopping reads the exits' own cross-entropy, not the distillation term
+    assert r.history["val_loss"][-1] < r.history["val_loss_with_distillation"][-1]
     assert r.extra["distill_weight"] == 1.0 and r.extra["distill_temperature"] == 3.0
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     with pytest.raises(ValueError, match="distill_temperature > 0"):
@@ -111,3 +113,40 @@ def test_auto_batch_size_keeps_a_hundred_steps_an_epoch_on_small_datasets():
     assert auto_batch_size(54000) == 128  # Fashion-MNIST: unchanged
     assert auto_batch_size(4590) == 32  # the 6,000-image set's training split: 144 steps, not 36
     assert auto_batch_size(900) == 16 and auto_batch_size(12800) == 128 and auto_batch_size(12672) == 64
+
+
+def test_augment_batch_shifts_within_bounds_and_mirrors():
+    from ml.training import augment_batch
+
+    x = np.zeros((64, 9, 9, 1), dtype="float32")
+    x[:, 4, 4, 0] = 1.0  # one bright pixel in the middle
+    x[:, 0, 0, 0] = 0.0
+    out = augment_batch(x, np.random.default_rng(0), shift=2, flip=False)
+    assert out.shape == x.shape and out.sum() == pytest.approx(64)  # the pixel moves, nothing is lost
+    pos = np.argwhere(out[..., 0] == 1.0)[:, 1:]
+    assert np.abs(pos - 4).max() == 2 and len({tuple(p) for p in pos}) > 5  # up to 2 px, varied per image
+    ramp = np.tile(np.arange(9, dtype="float32"), (8, 9, 1))[..., None]
+    flipped = augment_batch(ramp, np.random.default_rng(1), shift=0, flip=True)
+    mirrored = [np.array_equal(f, r[:, ::-1]) for f, r in zip(flipped, ramp, strict=True)]
+    assert 0 < sum(mirrored) < 8  # some images mirrored, some not
+    assert all(m or np.array_equal(f, r) for m, f, r in zip(mirrored, flipped, ramp, strict=True))
+    assert augment_batch(x, np.random.default_rng(0), shift=0, flip=False) is x
+
+
+def test_augmented_training_is_seeded_and_learns():
+    from ml.architectures import build
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 320)
+    x = rng.integers(0, 60, (320, 28, 28, 1)).astype("float32")
+    x[y == 1, 8:20, 8:20] += 180  # class 1: a bright square, still there after a 2-pixel shift
+    runs = []
+    for _ in range(2):
+        set_seed(3)
+        model = build("compact", (28, 28, 1), 2, width=0.25)
+        r = train_multi_exit(model, x[:256], y[:256], x[256:], y[256:],
+                             TrainConfig(epochs=3, batch_size=32, seed=3, patience=0, progress=False,
+                                         augment_shift=2, augment_flip=True))
+        runs.append(r.history["val_loss"])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
+    assert r.history["val_exit_2_accuracy"][-1] > 0.9
