@@ -25,7 +25,15 @@ from runtime.kafka import consumer_config
 from runtime.ledger import BrokerRejected, CommitLedger
 from runtime.metrics import WorkerMetrics
 from runtime.outputs import Outputs
-from runtime.ownership import AnswerMemory, PendingForwards, TierClock, decide, known_entry, window_close
+from runtime.ownership import (
+    AnswerMemory,
+    Pending,
+    PendingForwards,
+    TierClock,
+    decide,
+    known_entry,
+    window_close,
+)
 from runtime.route import ensure_route_topics, plan_route
 from runtime.settings import Settings
 from runtime.validation import Limits, RecordReader, Rejected, Request
@@ -63,8 +71,7 @@ class TierWorker:
         self.outputs = Outputs(settings, self.route, model, self.metrics, self.clock, self.memory, self.pending)
         self.answers = AnswerWatch(settings, self.tier, version, self.memory, self.pending, self.clock, self.metrics,
                                    entry=self.route.is_entry, follow=self.route.out_topic is not None)
-        self.answers.on_reply = lambda p, reply: self.outputs.publish_reply(p.batch, p.request_id, p.entry,  # noqa: E731
-                                                                            p.reply_to, reply)
+        self.answers.on_reply = self._publish_reply
         self.consumed = 0  # input records done with (answered, forwarded, dropped or dead-lettered)
         self._stop = threading.Event()
         self._assigned = False
@@ -182,6 +189,10 @@ class TierWorker:
     def _on_revoke(self, consumer: Any, partitions: list) -> None:
         self._drain()
         log.info("partitions revoked", extra={"tier": self.tier, "partitions": [p.partition for p in partitions]})
+
+    def _publish_reply(self, p: Pending, reply: Any) -> None:
+        """The entry tier: an upper tier's answer to a request this tier forwarded is its answer."""
+        self.outputs.publish_reply(p.batch, p.request_id, p.entry, p.reply_to, reply)
 
     # ---- the batch ----------------------------------------------------------------------------------
 
