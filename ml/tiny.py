@@ -30,7 +30,7 @@ def mixing_thresholds(exit_probs: Sequence[np.ndarray], measure: str = "max_soft
 def build_tiny_bundle(path: str | Path, tier_map: Mapping[str, Sequence[int | str]] | str | None = None,
                       seed: int = 0, n_train: int = 3000, epochs: int = 2, measure: str = "max_softmax",
                       model_name: str = "fmnist", version: str = "local", width: float = 0.5,
-                      adaptive_floor: float = 10.0) -> BundleManifest:
+                      adaptive_floor: float = 15.0) -> BundleManifest:
     """Train a half-width compact CNN on ``n_train`` Fashion-MNIST samples and write a bundle to ``path``.
 
     Thresholds are set so that about half of the validation requests answer at the edge, a quarter at
