@@ -99,15 +99,20 @@ def _leader_first_of(members: list[_Member]) -> list[_Member]:
     return sorted(members, key=lambda m: m.consumer.memberid() != leader)
 
 
-def test_consumer_group_survives_its_leader_leaving_after_it_re_formed(kafka_settings):
-    """Members that leave one at a time, each after the group re-formed, leave a working group, also when the
-    leader leaves: what stopping the entry tier's pods one at a time (``k8s.entry_retire_interval_s``) relies on."""
+def _settled_group(kafka_settings) -> list[_Member]:
+    """Three members of one group on a 3-partition topic, settled, the leader first."""
     topic = kafka_settings.topic("group")
     ensure_topics(kafka_settings, [topic], partitions=3)
     group = f"{kafka_settings.app}.g"
     members = [_Member(kafka_settings, group, topic, f"m{i}") for i in range(3)]
     _settle(members, 3)
-    leader, *others = _leader_first_of(members)
+    return _leader_first_of(members)
+
+
+def test_consumer_group_survives_its_leader_leaving_after_it_re_formed(kafka_settings):
+    """Members that leave one at a time, each after the group re-formed, leave a working group, also when the
+    leader leaves: what stopping the entry tier's pods one at a time (``k8s.entry_retire_interval_s``) relies on."""
+    leader, *others = _settled_group(kafka_settings)
     others[0].consumer.close()  # a member leaves; the leader stays and the group re-forms
     _settle([leader, others[1]], 3)
     leader.consumer.close()  # then the leader leaves: the last member takes every partition
@@ -123,12 +128,7 @@ def test_embedded_broker_loses_a_group_whose_leader_leaves_while_it_re_forms(kaf
     longer needs ``k8s.entry_retire_interval_s``."""
     import time
 
-    topic = kafka_settings.topic("group")
-    ensure_topics(kafka_settings, [topic], partitions=3)
-    group = f"{kafka_settings.app}.g"
-    members = [_Member(kafka_settings, group, topic, f"m{i}") for i in range(3)]
-    _settle(members, 3)
-    leader, *others = _leader_first_of(members)
+    leader, *others = _settled_group(kafka_settings)
     gone = leader.consumer.memberid()
     others[0].consumer.close()  # a member leaves, and the leader leaves before the group re-formed
     leader.consumer.close()
