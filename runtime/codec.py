@@ -53,6 +53,7 @@ DLQ_ORIGIN = "tf-dlq-origin"
 DLQ_SIZE = "tf-dlq-size"
 DLQ_TRUNCATED = "tf-dlq-truncated"
 
+NOT_FINITE = "input contains NaN or infinite values"
 MAX_REQUEST_ID = 256  # characters of tf-request-id
 
 TENSOR = "application/x-tensor"
@@ -147,15 +148,29 @@ def parse_headers(raw: Iterable[tuple[str, bytes | None]] | None) -> dict[str, s
     return out
 
 
-def header_int(headers: dict[str, str], key: str) -> int | None:
-    """Integer header (epoch ms etc.); missing → None, malformed → CodecError."""
+def header_text(headers: dict[str, bytes | None], key: str) -> str | None:
+    """One header of a ``dict(record.headers())`` as text (only the headers a reader uses are decoded);
+    missing → None, a null value → "", non-UTF-8 → CodecError."""
     value = headers.get(key)
-    if value is None or value == "":
+    if value is None:
+        return None if key not in headers else ""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CodecError(f"header {key!r} is not UTF-8") from None
+
+
+def header_int(headers: dict[str, str] | dict[str, bytes | None], key: str) -> int | None:
+    """Integer header (epoch ms etc.) of parsed (str) or raw (bytes) headers; missing → None, malformed →
+    CodecError."""
+    value = headers.get(key)
+    if value is None or len(value) == 0:
         return None
     try:
         return int(value)
     except ValueError:
-        raise CodecError(f"header {key!r} must be an integer, got {value[:40]!r}") from None
+        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        raise CodecError(f"header {key!r} must be an integer, got {shown[:40]!r}") from None
 
 
 def with_header(headers: Sequence[tuple[str, bytes]] | None, key: str, value: str) -> list[tuple[str, bytes]]:
@@ -316,7 +331,7 @@ def conform(arr: np.ndarray, shape: Sequence[int], dtype: str) -> np.ndarray:
         if arr.dtype.kind not in "fiu":
             raise CodecError(f"input dtype {arr.dtype} cannot feed a {target} model")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # integers are always finite
-            raise CodecError("input contains NaN or infinite values")
+            raise CodecError(NOT_FINITE)
         arr = arr.astype(target, copy=False)
     elif arr.dtype != target:
         raise CodecError(f"input dtype {arr.dtype}, the model takes {target}")
@@ -362,13 +377,19 @@ class TensorLayout:
         return cls(bytes(data[:_HEAD.size + 4 * raw.ndim]), len(data), raw.dtype, tuple(sample.shape)), sample
 
     def decode(self, data: bytes) -> np.ndarray | None:
-        """The sample in the record's own dtype, or None if the record does not have this layout."""
+        """The sample in the record's own dtype, or None if the record does not have this layout. Its values
+        are not checked here: `finite_rows` checks a whole batch at once."""
         if len(data) != self.size or not data.startswith(self.head):
             return None
-        arr = np.frombuffer(data, self.dtype, offset=len(self.head)).reshape(self.shape)
-        if self.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise CodecError("input contains NaN or infinite values")
-        return arr
+        return np.frombuffer(data, self.dtype, offset=len(self.head)).reshape(self.shape)
+
+
+def finite_rows(batch: np.ndarray) -> np.ndarray | None:
+    """None if every value of a batch of samples is finite, else a boolean mask of the rows that are (one
+    check per batch: a NaN test per record costs more than the rest of its decode)."""
+    if batch.dtype.kind != "f" or np.isfinite(batch).all():
+        return None
+    return np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
 
 
 def encode_image(sample: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -180,7 +180,7 @@ class Outputs:
                                                                      action.value, exit_id, confidence)
         if action is Action.FORWARD:
             try:
-                self.forward(batch, req, activation, label, confidence, exit_id, received, trace)
+                self.forward(batch, req, activation, label, confidence, exit_id, received, now, trace)
                 return "forwarded"
             except BufferError:  # the link to the next tier is backed up: answer now rather than wait
                 action = Action.DEGRADE
@@ -191,9 +191,10 @@ class Outputs:
         return ("degraded" if action is Action.DEGRADE else "exit", exit_id)
 
     def forward(self, batch: Batch, req: Request, activation: bytes, label: int, confidence: float, exit_id: int,
-                received: int, trace: tuple[str, bytes] | None = None) -> None:
-        """Send the activation to the next tier, stamped with this tier's clock, and remember this tier's own
-        prediction for the fallback; the batch's offsets wait until the request is answered."""
+                received: int, now: int, trace: tuple[str, bytes] | None = None) -> None:
+        """Send the activation to the next tier, stamped with this tier's clock when it decided (``now``), and
+        remember this tier's own prediction for the fallback; the batch's offsets wait until the request is
+        answered."""
         r = self.route
         headers, header_bytes = self.forward_headers.build(req.request_id.encode(), req.origin_ts, req.deadline,
                                                            req.reply_to, req.entry.encode())
@@ -202,7 +203,7 @@ class Outputs:
         # Not held by the batch: a forward that never arrives (a cut link, a full queue) only means no answer
         # from above, and this tier answers degraded when its window closes.
         self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,
-                   req.record.key(), activation, headers, header_bytes, timestamp=self.clock.now(), wait=False)
+                   req.record.key(), activation, headers, header_bytes, timestamp=now, wait=False)
         self.pending.add(Pending(req.request_id, req.close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
                                  received, req.entry, batch))
         batch.unresolved += 1

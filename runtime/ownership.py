@@ -123,7 +123,7 @@ class AnswerMemory:
         return len(self._entries)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A forwarded request: what this tier answers with if its window closes without an answer (rule 3)."""
 

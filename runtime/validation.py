@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime import codec
 from runtime.codec import CodecError
+from runtime.codec import header_text as text
 from runtime.deadletter import MAX_KEY_BYTES
 
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -38,7 +39,7 @@ class Rejected(Exception):
         self.kind, self.reason = kind, codec.readable(reason, 1000)
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A decoded request (or activation) waiting for this tier's inference."""
 
@@ -96,27 +97,27 @@ class RecordReader:
             header_bytes = sum(len(k) + len(v or b"") for k, v in raw)
         if header_bytes > MAX_HEADER_BYTES:
             raise Rejected("oversized", f"record headers of {header_bytes} bytes exceed {MAX_HEADER_BYTES}")
-        try:
-            headers = codec.parse_headers(raw)
+        try:  # only the headers this reader uses are decoded (a dict of the raw values: one C call)
+            headers = dict(raw)
             origin, deadline = codec.header_int(headers, codec.ORIGIN_TS), codec.header_int(headers, codec.DEADLINE)
+            rid, reply_to = text(headers, codec.REQUEST_ID), text(headers, codec.REPLY_TO) or None
+            if self.is_entry:
+                entry, version, content_type = f"{m.partition()}/{m.offset()}", None, text(headers, codec.CONTENT_TYPE)
+            else:
+                entry, version, content_type = ((text(headers, codec.ENTRY) or "")[:MAX_ENTRY],
+                                                text(headers, codec.VERSION), codec.TENSOR)
         except CodecError as exc:
             raise Rejected("headers", str(exc)) from None
-        rid = headers.get(codec.REQUEST_ID)
         if not rid:
             raise Rejected("missing_header", f"missing header {codec.REQUEST_ID}")
         if len(rid) > codec.MAX_REQUEST_ID:
             raise Rejected("headers", f"{codec.REQUEST_ID} of {len(rid)} characters, at most {codec.MAX_REQUEST_ID}")
-        reply_to = headers.get(codec.REPLY_TO) or None
         if reply_to is not None and (not TOPIC_NAME.fullmatch(reply_to) or reply_to in self._internal
                                      or reply_to.startswith(f"{self.app}.v")):
             raise Rejected("reply_to", f"{codec.REPLY_TO} {reply_to[:80]!r} is not a topic answers may go to: "
                                        "a Kafka topic name ([A-Za-z0-9._-], at most 249) outside the "
                                        f"data-plane topics of {self.app}")
-        if self.is_entry:
-            entry = f"{m.partition()}/{m.offset()}"
-        else:
-            entry = headers.get(codec.ENTRY, "")[:MAX_ENTRY]
-            version = headers.get(codec.VERSION)
+        if not self.is_entry:
             if not version:
                 raise Rejected("missing_header", f"missing header {codec.VERSION} on an activation record")
             if version != self.version:
@@ -128,7 +129,6 @@ class RecordReader:
         if deadline is None:
             deadline = origin + self.limits.default_deadline_ms
         deadline = min(deadline, received_ms + self.limits.max_deadline_ms)
-        content_type = headers.get(codec.CONTENT_TYPE) if self.is_entry else codec.TENSOR
         try:  # a tensor record with the layout of the last one decodes with one frombuffer
             sample = self._layout.decode(value) if (value and self._layout is not None
                                                     and content_type in (None, codec.TENSOR)) else None
@@ -144,3 +144,13 @@ class RecordReader:
             self._layout, sample = codec.TensorLayout.of(value, self.shape, self.dtype)
             return sample
         return codec.decode_input(value, content_type, self.shape, self.dtype)
+
+    def stack(self, requests: list[Request]) -> tuple[list[Request], np.ndarray, list[Request]]:
+        """The model input of a micro-batch's requests: the requests it holds, their samples stacked, and the
+        requests whose sample holds NaN or infinite values (dead letters: ``Rejected("decode", codec.NOT_FINITE)``)."""
+        batch = np.array([q.sample for q in requests])  # one C loop (np.stack has a Python one)
+        finite = codec.finite_rows(batch)
+        if finite is None:
+            return requests, batch, []
+        return ([q for q, ok in zip(requests, finite, strict=True) if ok], batch[finite],
+                [q for q, ok in zip(requests, finite, strict=True) if not ok])

@@ -15,8 +15,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-import numpy as np
-
+from runtime import codec
 from runtime.adaptive import attach as attach_adaptive_exits
 from runtime.answers import AnswerWatch
 from runtime.health import HealthServer
@@ -209,7 +208,8 @@ class TierWorker:
         samples to the inference thread."""
         received = self.clock.now()
         batch = self.ledger.open(len(records))
-        r, grace = self.route, self.ws.degrade_grace_ms
+        r = self.route
+        closes_after = window_close(0, r.index, r.n_tiers, self.ws.degrade_grace_ms)  # this tier's, past a deadline
         requests: list[Request] = []
         replayed = expired = newest = 0
         for m in records:
@@ -217,8 +217,8 @@ class TierWorker:
                 log.warning("consumer error", extra={"tier": self.tier, "error": str(m.error())})
                 continue
             batch.consumed(m.topic(), m.partition(), m.offset())
-            if not r.is_entry:
-                newest = max(newest, m.timestamp()[1])
+            if not r.is_entry and (stamp := m.timestamp()[1]) > newest:
+                newest = stamp
             try:
                 req = self.reader.read(m, received)
             except Rejected as rej:
@@ -237,7 +237,7 @@ class TierWorker:
                 else:  # a replay after a restart or a rebalance, or a duplicated forward: answered already
                     replayed += 1
                 continue
-            req.close_at = window_close(req.deadline, r.index, r.n_tiers, grace)
+            req.close_at = req.deadline + closes_after
             if not r.is_entry and received >= req.close_at:
                 expired += 1  # the tier below owns it now and answers it
                 continue
@@ -247,7 +247,13 @@ class TierWorker:
             self.clock.observe(newest, received)
         self.metrics.record("replayed", replayed)
         self.metrics.record("expired", expired)
-        inference = self.inference.submit(np.stack([q.sample for q in requests])) if requests else None
+        inference = None
+        if requests:
+            requests, samples, nonfinite = self.reader.stack(requests)
+            for req in nonfinite:
+                del self._in_progress[req.request_id]
+                self.outputs.dead_letter(batch, req.record, Rejected("decode", codec.NOT_FINITE))
+            inference = self.inference.submit(samples) if requests else None
         self._staged.append(Staged(batch, requests, received, inference))
 
     def _publish_staged(self, wait: bool) -> None:

@@ -144,11 +144,14 @@ def test_tensor_layout_decodes_records_of_the_same_layout_like_decode_input():
     assert layout.decode(codec.encode_tensor(b)[:-1]) is None
 
 
-def test_tensor_layout_still_rejects_non_finite_floats_and_unfit_records():
+def test_non_finite_rows_of_a_batch_are_found_and_unfit_records_have_no_layout():
     act = np.ones((4, 4, 2), np.float16)
     layout, _ = codec.TensorLayout.of(codec.encode_tensor(act), (4, 4, 2), "float32")
-    act[1, 2, 0] = np.nan
-    with pytest.raises(codec.CodecError, match="NaN"):
-        layout.decode(codec.encode_tensor(act))
+    bad = act.copy()
+    bad[1, 2, 0] = np.nan
+    rows = np.stack([layout.decode(codec.encode_tensor(a)) for a in (act, bad, act, np.full_like(act, np.inf))])
+    np.testing.assert_array_equal(codec.finite_rows(rows), [True, False, True, False])
+    assert codec.finite_rows(rows[[0, 2]]) is None  # all finite
+    assert codec.finite_rows(np.zeros((2, 3), np.uint8)) is None  # integers always are
     with pytest.raises(codec.CodecError, match="does not fit"):
         codec.TensorLayout.of(codec.encode_tensor(np.ones((3, 3), np.float32)), (4, 4, 2), "float32")

@@ -130,8 +130,12 @@ def test_records_of_a_known_layout_decode_the_same_and_bad_ones_are_still_reject
         np.testing.assert_array_equal(np.asarray(x, np.float32), a)
     bad = acts[0].copy()
     bad[0, 0, 0] = np.inf
-    with pytest.raises(Rejected, match="NaN or infinite") as err:
-        r.read(FakeRecord(codec.encode_tensor(bad), headers), NOW)
-    assert err.value.kind == "decode"
+    requests = [r.read(FakeRecord(codec.encode_tensor(a), codec.make_headers(f"r{i}", version="4")), NOW)
+                for i, a in enumerate((acts[0], bad, acts[1]))]
+    kept, samples, nonfinite = r.stack(requests)  # the values are checked once per batch
+    assert [q.request_id for q in kept] == ["r0", "r2"] and [q.request_id for q in nonfinite] == ["r1"]
+    np.testing.assert_array_equal(samples, acts[:2])
+    kept, samples, nonfinite = r.stack(requests[::2])
+    assert len(kept) == 2 and nonfinite == [] and samples.shape == (2, 14, 14, 16)
     with pytest.raises(Rejected, match="does not fit"):
         r.read(FakeRecord(codec.encode_tensor(acts[0][:7]), headers), NOW)
