@@ -60,7 +60,7 @@ class Outputs:
         self.results_topic, self.dlq_topic = settings.topic("results"), settings.topic("dlq")
         # Only the entry tier publishes answers; the tiers above send theirs to it (`runtime.answers`).
         self.answers_topic = self.results_topic if route.is_entry else settings.topic("replies")
-        self._producers: dict[tuple[str, str], Any] = {}
+        self._producers: dict[str, Any] = {}
         self._bytes_out: Counter[str] = Counter()
         self._tier_latency_ms: list[int] = []  # of answers since the last report, observed there at once
         self._e2e_latency_ms: list[int] = []
@@ -68,18 +68,17 @@ class Outputs:
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        forwards = [(self.next_bootstrap, "forwards")] if self.route.out_topic is not None else []
-        for bootstrap, kind in {(self.bootstrap, "answers"), (self.bootstrap, "outputs"), *forwards}:
-            self._producer(bootstrap, kind).list_topics(timeout=10)
+        for bootstrap in {self.bootstrap, self.next_bootstrap if self.route.out_topic is not None else self.bootstrap}:
+            self._producer(bootstrap).list_topics(timeout=10)
 
-    def _producer(self, bootstrap: str, kind: str) -> Any:
-        """One producer per cluster and kind ("outputs", "forwards", "answers")."""
-        if (bootstrap, kind) not in self._producers:
+    def _producer(self, bootstrap: str) -> Any:
+        """One producer per cluster: fewer, fuller produce requests than one per kind of output."""
+        if bootstrap not in self._producers:
             from confluent_kafka import Producer
 
-            self._producers[(bootstrap, kind)] = Producer(producer_config(
+            self._producers[bootstrap] = Producer(producer_config(
                 self.settings, bootstrap, **{"client.id": f"{self.route.tier}-{self.route.version}"}))
-        return self._producers[(bootstrap, kind)]
+        return self._producers[bootstrap]
 
     def serve_deliveries(self, timeout_s: float = 0) -> None:
         """Serve the delivery reports of the producers with records in flight (each poll is a call into
@@ -121,10 +120,10 @@ class Outputs:
                     raise
                 producer.poll(0.1)
 
-    def _held(self, batch: Batch, kind: str, topic: str, key: Any, value: bytes | None,
+    def _held(self, batch: Batch, topic: str, key: Any, value: bytes | None,
               headers: list[tuple[str, bytes]], header_bytes: int) -> None:
         """An output of ``batch``: its commit waits for the broker's acknowledgement."""
-        self._send(batch.delivered, self._producer(self.bootstrap, kind), topic, key, value, headers, header_bytes)
+        self._send(batch.delivered, self._producer(self.bootstrap), topic, key, value, headers, header_bytes)
         batch.outstanding += 1
 
     def _reply_delivered(self, err: Any, msg: Any) -> None:
@@ -146,7 +145,7 @@ class Outputs:
         rid_b = rid.encode()
         headers, header_bytes = self.answers.headers(rid_b, entry.encode())
         self.memory.add(rid, entry)
-        self._held(batch, "answers", self.answers_topic, rid_b, body, headers, header_bytes)
+        self._held(batch, self.answers_topic, rid_b, body, headers, header_bytes)
         if self.route.is_entry:
             self._reply_to(reply_to, rid_b, body, headers, header_bytes)
         self._tier_latency_ms.append(tier_latency)
@@ -160,7 +159,7 @@ class Outputs:
         header_bytes = sum(len(k) + len(v or b"") for k, v in headers)
         rid_b = rid.encode()
         self.memory.add(rid, entry)
-        self._held(batch, "answers", self.results_topic, rid_b, value, headers, header_bytes)
+        self._held(batch, self.results_topic, rid_b, value, headers, header_bytes)
         self._reply_to(reply_to, rid_b, value, headers, header_bytes)
         self.metrics.record("relayed")
 
@@ -168,7 +167,7 @@ class Outputs:
                   header_bytes: int) -> None:
         if reply_to and reply_to != self.results_topic:
             try:
-                self._send(self._reply_delivered, self._producer(self.bootstrap, "outputs"), reply_to, rid_b, body,
+                self._send(self._reply_delivered, self._producer(self.bootstrap), reply_to, rid_b, body,
                            headers, header_bytes)
             except Exception as exc:  # the answer is on APP.results already
                 self._reply_delivered(exc, _Topic(reply_to))
@@ -202,7 +201,7 @@ class Outputs:
             headers, header_bytes = [*headers, trace], header_bytes + len(trace[0]) + len(trace[1])
         # Not held by the batch: a forward that never arrives (a cut link, a full queue) only means no answer
         # from above, and this tier answers degraded when its window closes.
-        self._send(self._forward_delivered, self._producer(self.next_bootstrap, "forwards"), r.out_topic,
+        self._send(self._forward_delivered, self._producer(self.next_bootstrap), r.out_topic,
                    req.record.key(), activation, headers, header_bytes, timestamp=now, wait=False)
         self.pending.add(Pending(req.request_id, req.close_at, label, confidence, exit_id, req.reply_to, req.origin_ts,
                                  received, req.entry, batch))
@@ -213,7 +212,7 @@ class Outputs:
         log.warning("dead letter", extra={"tier": self.route.tier, "reason": rej.reason, "topic": m.topic(),
                                           "partition": m.partition(), "offset": m.offset()})
         dl = deadletter.build(m, rej.kind, rej.reason, self.route.tier, self.ws.dlq_max_bytes)
-        self._held(batch, "outputs", self.dlq_topic, dl.key, dl.value, dl.headers,
+        self._held(batch, self.dlq_topic, dl.key, dl.value, dl.headers,
                    sum(len(k) + len(v) for k, v in dl.headers))
 
     def answer_overdue(self) -> int:
