@@ -72,6 +72,7 @@ def consumer_config(settings: Settings, group_id: str, bootstrap: str | None = N
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": k.fetch_wait_max_ms,
+        "fetch.queue.backoff.ms": k.fetch_queue_backoff_ms,
         "session.timeout.ms": k.session_timeout_ms,
         "heartbeat.interval.ms": k.heartbeat_interval_ms,
         "enable.partition.eof": False,

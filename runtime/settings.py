@@ -39,6 +39,10 @@ class KafkaSettings(BaseModel):
     # Latency-relevant client settings. Apache Kafka defaults are fine in production; the embedded
     # broker answers a waiting fetch only at fetch.wait.max.ms, so keep it small here.
     fetch_wait_max_ms: int = 10
+    # Once a consumer's local queue is full (queued.max.messages.kbytes: ~10,000 activations of 6 KB),
+    # librdkafka stops fetching for fetch.queue.backoff.ms (1 s by default), so a worker working off a backlog
+    # drains its queue and sits idle: half the time of a backlog of activations went there.
+    fetch_queue_backoff_ms: int = 50
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     compression: str = "lz4"
