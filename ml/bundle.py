@@ -154,17 +154,20 @@ def save_bundle(
 
 
 def _predict_fn(model, input_shape: Sequence[int], dtype: str):
-    """A traced-once inference function for any batch size (no per-call retracing)."""
+    """A function traced once for any batch size, called as its concrete function: binding the arguments
+    of a ``tf.function`` call costs ~0.25 ms of CPU per call, more than a compact tier's compute for a
+    small batch. Takes and returns numpy arrays."""
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *input_shape], tf.as_dtype(dtype))
 
-    @tf.function(input_signature=[spec], reduce_retracing=True)
+    @tf.function(input_signature=[spec])
     def run(x):
         y = model(x, training=False)
         return list(y) if isinstance(y, list | tuple) else [y]
 
-    return run
+    concrete = run.get_concrete_function()
+    return lambda x: [t.numpy() for t in concrete(tf.constant(x))]
 
 
 @dataclass
@@ -208,7 +211,7 @@ class TierModel:
         x = self.prepare(batch)
         if self._fn is None:
             self._fn = _predict_fn(self.model, self.input_shape, self.input_dtype)
-        outs = [np.asarray(t) for t in self._fn(x)]
+        outs = self._fn(x)
         if self.is_last:
             return outs, None
         return outs[:-1], outs[-1]
