@@ -20,6 +20,7 @@ import numpy as np
 
 from infra.continuum.scenario import Scenario
 from ml.costs import TierCosts
+from runtime.answers import POLL_INTERVAL_S
 
 HEADER_BYTES = 220  # Kafka record framing and tierflow headers of one forwarded request (measured order)
 
@@ -40,10 +41,15 @@ class ScenarioCosts:
     def messaging_ms(self, fetch_wait_ms: float, batch_wait_ms: float, linger_ms: float) -> np.ndarray:
         """What Kafka adds per answer at each tier, from the settings alone (not fitted): each tier's hop
         waits for its consumer's next fetch (a fetch to its own site's broker returns at fetch.wait.max.ms
-        on the embedded broker: W/2 on average), its micro-batch and its producer's linger; the device
-        then waits for a fetch across ``pickup_rtt_ms`` (see ``pickup_ms``)."""
+        on the embedded broker: W/2 on average), its micro-batch and its producer's linger; an upper tier's
+        answer reaches APP.results through the entry tier (its reply consumer's fetch, the look at it every
+        ``POLL_INTERVAL_S``, its linger); the device then waits for a fetch across ``pickup_rtt_ms``
+        (see ``pickup_ms``)."""
         hop = fetch_wait_ms / 2 + batch_wait_ms + linger_ms
-        return np.arange(1, len(self.tiers) + 1) * hop + pickup_ms(self.pickup_rtt_ms, fetch_wait_ms) + linger_ms
+        relay = fetch_wait_ms / 2 + POLL_INTERVAL_S * 1000 / 2 + linger_ms
+        per = np.arange(1, len(self.tiers) + 1) * hop + pickup_ms(self.pickup_rtt_ms, fetch_wait_ms) + linger_ms
+        per[1:] += relay
+        return per
 
     def predict_mean_ms(self, fractions: dict[str, float], per: np.ndarray | None = None) -> float:
         per = self.per_tier_ms() if per is None else per

@@ -38,3 +38,11 @@ def test_pickup_wait_of_a_fetch_that_returns_at_the_wait() -> None:
     assert pickup_ms(0, 10) == pytest.approx(5.0)  # a local broker: half the fetch wait
     assert pickup_ms(92, 10) == pytest.approx(10 / 102 * 5 + 92 / 102 * 56)  # across the WAN: about RTT/2 + W
     assert pickup_ms(0, 0) == 0.0
+
+
+def test_kafka_hops_per_answering_tier_from_the_settings(bundle) -> None:
+    sc = scenario_costs(load_scenario("edge-fog-cloud"), bundle, {"edge": 1.0, "fog": 2.0, "cloud": 3.0})
+    per = sc.messaging_ms(fetch_wait_ms=10, batch_wait_ms=5, linger_ms=2)
+    hop, relay = 10 / 2 + 5 + 2, 10 / 2 + 5 / 2 + 2  # a tier's hop; an upper tier's answer relayed by the entry tier
+    pickup = pickup_ms(sc.pickup_rtt_ms, 10) + 2
+    assert per.tolist() == pytest.approx([hop + pickup, 2 * hop + relay + pickup, 3 * hop + relay + pickup])
