@@ -139,13 +139,8 @@ def make_headers(request_id: str, *, model: str | None = None, version: str | No
 
 def parse_headers(raw: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:
     """Header list → dict of str (last value wins); non-UTF-8 values raise CodecError."""
-    out: dict[str, str] = {}
-    for key, value in raw or ():
-        try:
-            out[key] = "" if value is None else bytes(value).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CodecError(f"header {key!r} is not UTF-8") from exc
-    return out
+    headers = dict(raw or ())
+    return {key: header_text(headers, key) for key in headers}
 
 
 def header_text(headers: dict[str, bytes | None], key: str) -> str | None:

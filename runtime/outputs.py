@@ -68,7 +68,8 @@ class Outputs:
 
     def connect(self) -> None:
         """Connect the producers now: an idempotent producer needs its id before the first send."""
-        for bootstrap in {self.bootstrap, self.next_bootstrap if self.route.out_topic is not None else self.bootstrap}:
+        clusters = {self.bootstrap} if self.route.out_topic is None else {self.bootstrap, self.next_bootstrap}
+        for bootstrap in clusters:
             self._producer(bootstrap).list_topics(timeout=10)
 
     def _producer(self, bootstrap: str) -> Any:

@@ -73,6 +73,8 @@ def paired_rates(bootstrap: str, model, inputs: np.ndarray, batch: int, rounds: 
     of a ratio alike. The worker's rate runs from its first published micro-batch to its last, so its start
     (group join, answer recall) is not in it, and no producer shares the process while it drains.
     """
+    model.predict(inputs[:batch])  # traces the tier's inference function
+    keras_predict_rate(model, inputs[:batch], batch)  # builds Keras' predict function
     rows = []
     for _ in range(rounds):
         keras = keras_predict_rate(model, inputs, batch)
@@ -95,15 +97,15 @@ def drain_rate(bootstrap: str, model, inputs: np.ndarray, records: int, tracing=
     # No upper tier runs here: forwards stay pending (far deadlines), and stop() does not wait for them.
     settings = Settings(app=f"bench{uuid.uuid4().hex[:8]}", kafka=KafkaSettings(bootstrap=bootstrap),
                         worker=WorkerSettings(max_deadline_ms=600_000, drain_timeout_s=1),
-                        **({"tracing": tracing} if tracing is not None else {}))
+                        **({"tracing": tracing} if tracing is not None else {}))  # runs on older checkouts too
     worker = TierWorker(settings, model, http_port=0, http_host="127.0.0.1")
     topic = worker.route.in_topic
     ensure_topics(settings, [topic])
     producer = Producer(producer_config(settings))
-    deadline = codec.now_ms() + 600_000
+    values, deadline = codec.encode_tensors(inputs), codec.now_ms() + 600_000
     for i in range(records):
         headers = codec.make_headers(f"b{i}", version=worker.version, origin_ts=codec.now_ms(), deadline=deadline)
-        producer.produce(topic, key=f"b{i}", value=codec.encode_tensor(inputs[i % len(inputs)]), headers=headers)
+        producer.produce(topic, key=f"b{i}", value=values[i % len(values)], headers=headers)
         if i % 1000 == 0:
             producer.poll(0)
     producer.flush(60)
